@@ -1,0 +1,67 @@
+"""The `loragate` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from loragate.cli_settings import add_settings_arguments, settings_from_arguments
+from loragate.settings import ServerSettings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from loragate.serve import run_server
+
+    run_server(settings_from_arguments(ServerSettings, args))
+    return 0
+
+
+def _prepare_model(_: argparse.Namespace) -> int:
+    from loragate.default_model import ensure_default_model
+
+    print(ensure_default_model())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loragate",
+        description="OpenAI-compatible gateway for Llama-3.1 with hot-loaded LoRA personas.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway (OpenAI API on --port, the tutorial's POST / on --legacy-port)",
+        description="Run the gateway. Every flag also reads LORAGATE_<NAME> from the environment "
+        "and from a TOML file named by LORAGATE_CONFIG; flags win.",
+    )
+    add_settings_arguments(serve, ServerSettings)
+    serve.set_defaults(handler=_serve)
+    prepare = sub.add_parser(
+        "prepare-model",
+        help="convert the embedded SmolLM2-135M-Instruct once (serve does it on first use)",
+    )
+    prepare.set_defaults(handler=_prepare_model)
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[
+    Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
+]:
+    """Commands that live beside their feature (training, clients, benchmarks)."""
+    return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""`loragate serve`: one app, one engine, listening on the API port and the legacy port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import uvicorn
+
+from loragate.server.app import create_app
+from loragate.server.observability import configure_logging
+from loragate.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def listening_sockets(settings: ServerSettings) -> list[socket.socket]:
+    sockets = [_bind(settings.host, settings.port)]
+    if settings.legacy_port and settings.legacy_port != settings.port:
+        sockets.append(_bind(settings.host, settings.legacy_port))
+    return sockets
+
+
+def run_server(settings: ServerSettings) -> None:
+    configure_logging(settings.log_level)
+    sockets = listening_sockets(settings)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, log_level=settings.log_level, timeout_graceful_shutdown=5, access_log=False
+    )
+    ports = ", ".join(str(s.getsockname()[1]) for s in sockets)
+    logger.info("listening on %s port(s) %s", settings.host, ports)
+    asyncio.run(uvicorn.Server(config).serve(sockets=sockets))

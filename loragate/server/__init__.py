@@ -1,0 +1,1 @@
+"""The HTTP gateway: FastAPI routers over one engine protocol."""

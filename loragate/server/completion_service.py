@@ -1,0 +1,186 @@
+"""Text completions: one or several prompts, echo and logprobs, in openai-python's types."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from openai.types import Completion, CompletionChoice
+from openai.types.completion_choice import Logprobs
+from openai.types.completion_usage import CompletionUsage
+
+from loragate.server.engine.protocol import Engine
+from loragate.server.engine.types import GenerationUpdate, TokenLogprob
+from loragate.server.errors import BadRequestError
+from loragate.server.generation import (
+    GenerationResult,
+    Prepared,
+    generate_all,
+    merge,
+    stream_updates,
+)
+from loragate.server.protocol import CompletionRequest
+from loragate.server.sampling import completion_budget, completion_logprobs, sampling_options
+from loragate.server.targets import ModelTarget, SamplingDefaults
+
+
+def prepare_completions(
+    engine: Engine,
+    target: ModelTarget,
+    request: CompletionRequest,
+    model_defaults: SamplingDefaults,
+) -> list[Prepared]:
+    prompts = request.prompts()
+    if not prompts:
+        raise BadRequestError("prompt must not be empty", param="prompt")
+    if request.suffix:
+        raise BadRequestError("suffix is not supported", param="suffix")
+    defaults = target.defaults.over(model_defaults)
+    logprobs, prompt_logprobs = completion_logprobs(request)
+    prepared = []
+    for prompt in prompts:
+        ids = engine.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        budget = completion_budget(
+            request.max_tokens, defaults.max_tokens, len(ids), engine.max_model_len
+        )
+        options = sampling_options(
+            request, defaults, max_tokens=budget, logprobs=logprobs, prompt_logprobs=prompt_logprobs
+        )
+        prepared.append(Prepared(ids, options, target.adapter))
+    return prepared
+
+
+def _logprobs(entries: list[TokenLogprob | None], offset: int) -> Logprobs:
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for entry in entries:
+        token = entry.token if entry else ""
+        tokens.append(token)
+        token_logprobs.append(entry.logprob if entry else None)
+        top.append(dict(entry.top) if entry else None)
+        offsets.append(offset)
+        offset += len(token)
+    # model_construct: OpenAI sends null for the first echoed token, which the SDK type omits.
+    return Logprobs.model_construct(
+        tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top, text_offset=offsets
+    )
+
+
+def _echo_prefix(engine: Engine, prepared: Prepared, echo: bool) -> str:
+    return engine.tokenizer.decode(prepared.prompt_token_ids) if echo else ""
+
+
+def _choices(
+    engine: Engine, prompt_index: int, prepared: Prepared, result: GenerationResult, echo: bool
+) -> list[CompletionChoice]:
+    prefix = _echo_prefix(engine, prepared, echo)
+    choices = []
+    for i, choice in enumerate(result.choices):
+        logprobs = None
+        if choice.logprobs is not None:
+            entries: list[TokenLogprob | None] = list(choice.logprobs)
+            if echo:
+                entries = list(result.prompt_logprobs or []) + entries
+            logprobs = _logprobs(entries, 0)
+        choices.append(
+            CompletionChoice(
+                index=prompt_index * prepared.options.n + i,
+                text=prefix + choice.text,
+                finish_reason=choice.finish_reason or "stop",
+                logprobs=logprobs,
+            )
+        )
+    return choices
+
+
+async def completion(
+    engine: Engine, prepared: list[Prepared], model_name: str, request_id: str, echo: bool
+) -> Completion:
+    results = await asyncio.gather(
+        *(generate_all(engine, p, f"{request_id}-{i}") for i, p in enumerate(prepared))
+    )
+    choices = [
+        choice
+        for i, (p, r) in enumerate(zip(prepared, results, strict=True))
+        for choice in _choices(engine, i, p, r, echo)
+    ]
+    prompt_tokens = sum(r.prompt_tokens for r in results)
+    completion_tokens = sum(r.completion_tokens for r in results)
+    return Completion(
+        id=request_id,
+        object="text_completion",
+        created=int(time.time()),
+        model=model_name,
+        choices=choices,
+        usage=CompletionUsage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+    )
+
+
+async def _tagged(
+    index: int, updates: AsyncIterator[GenerationUpdate]
+) -> AsyncIterator[tuple[int, GenerationUpdate]]:
+    async for update in updates:
+        yield index, update
+
+
+async def completion_stream(
+    engine: Engine,
+    prepared: list[Prepared],
+    model_name: str,
+    request_id: str,
+    echo: bool,
+    include_usage: bool,
+) -> AsyncIterator[Completion]:
+    created = int(time.time())
+    streams = [
+        _tagged(i, stream_updates(engine, p, f"{request_id}-{i}")) for i, p in enumerate(prepared)
+    ]
+    extra = {"usage": None} if include_usage else {}
+    echoed: set[int] = set()
+    completion_tokens = 0
+    async for prompt_index, update in merge(streams):
+        p = prepared[prompt_index]
+        choices = []
+        for delta in update.choices:
+            completion_tokens += len(delta.token_ids)
+            index = prompt_index * p.options.n + delta.index
+            text = delta.text
+            if echo and index not in echoed:
+                echoed.add(index)
+                text = _echo_prefix(engine, p, echo) + text
+            logprobs = _logprobs(list(delta.logprobs), 0) if delta.logprobs is not None else None
+            choices.append(
+                CompletionChoice(
+                    index=index,
+                    text=text,
+                    finish_reason=delta.finish_reason,  # type: ignore[arg-type]  # null mid-stream
+                    logprobs=logprobs,
+                )
+            )
+        if choices:
+            yield Completion(
+                id=request_id,
+                object="text_completion",
+                created=created,
+                model=model_name,
+                choices=choices,
+                **extra,
+            )
+    if include_usage:
+        prompt_tokens = sum(len(p.prompt_token_ids) for p in prepared)
+        yield Completion(
+            id=request_id,
+            object="text_completion",
+            created=created,
+            model=model_name,
+            choices=[],
+            usage=CompletionUsage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+        )

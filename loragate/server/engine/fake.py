@@ -1,0 +1,165 @@
+"""A scriptable engine for fast tests of the HTTP layer and for measuring the gateway's overhead.
+
+It is never a stand-in for the model: it answers what it is told to answer, instantly.
+
+    fake = FakeEngine()
+    fake.enqueue(["Hel", "lo"])     # the next request streams "Hel", "lo", then stops
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loragate.server.engine.protocol import EngineDeadError
+from loragate.server.engine.types import (
+    AdapterRef,
+    ChoiceDelta,
+    GenerationUpdate,
+    SamplingOptions,
+    TokenLogprob,
+)
+
+
+class CharTokenizer:
+    """One token per character; a readable chat template."""
+
+    eos_token_id: int | None = 0
+
+    def apply_chat_template(self, conversation: Any, /, **kwargs: Any) -> str:
+        text = "".join(f"<{m['role']}>{m['content']}\n" for m in conversation)
+        return text + ("<assistant>" if kwargs.get("add_generation_prompt") else "")
+
+    def encode(self, text: str, /, **_: Any) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, token_ids: Sequence[int], /, **_: Any) -> str:
+        return "".join(chr(t) for t in token_ids)
+
+
+class Hold:
+    """A script step that waits until released: models a slow engine."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.released = asyncio.Event()
+
+
+class Die:
+    """A script step that kills the engine."""
+
+
+Step = str | Hold | Die
+
+
+@dataclass
+class FakeEngine:
+    max_model_len: int = 4096
+    max_lora_rank: int = 16
+    default_reply: tuple[str, ...] = ("Hello", " world")
+    script: deque[list[Step]] = field(default_factory=deque)
+    requests: list[tuple[list[int], SamplingOptions, AdapterRef | None]] = field(
+        default_factory=list
+    )
+    running: set[str] = field(default_factory=set)
+    aborted: list[str] = field(default_factory=list)
+    adapters: dict[int, AdapterRef] = field(default_factory=dict)
+    dead: bool = False
+
+    @property
+    def tokenizer(self) -> CharTokenizer:
+        return CharTokenizer()
+
+    def enqueue(self, *replies: Sequence[Step]) -> None:
+        for reply in replies:
+            self.script.append(list(reply))
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: AdapterRef | None = None,
+    ) -> AsyncGenerator[GenerationUpdate, None]:
+        if self.dead:
+            raise EngineDeadError("fake engine is dead")
+        self.requests.append((prompt_token_ids, options, adapter))
+        steps: list[Step] = self.script.popleft() if self.script else list(self.default_reply)
+        self.running.add(request_id)
+        try:
+            async for update in self._play(prompt_token_ids, options, steps):
+                yield update
+            self.running.discard(request_id)
+        finally:
+            if request_id in self.running:
+                self.running.discard(request_id)
+                self.aborted.append(request_id)
+
+    async def _play(
+        self, prompt: list[int], options: SamplingOptions, steps: list[Step]
+    ) -> AsyncGenerator[GenerationUpdate, None]:
+        emitted = 0
+        for step in steps:
+            if isinstance(step, Hold):
+                step.reached.set()
+                await step.released.wait()
+                continue
+            if isinstance(step, Die):
+                self.dead = True
+                raise EngineDeadError("fake engine died")
+            emitted += 1
+            done = emitted >= options.max_tokens
+            yield self._update(prompt, options, step, "length" if done else None)
+            if done:
+                return
+        yield self._update(prompt, options, "", "stop", finished=True)
+
+    def _update(
+        self,
+        prompt: list[int],
+        options: SamplingOptions,
+        text: str,
+        finish: Any,
+        finished: bool = False,
+    ) -> GenerationUpdate:
+        token_ids = [1] if text else []
+        logprobs = None
+        if options.logprobs is not None:
+            top = tuple((text, -0.5) for _ in range(options.logprobs))
+            logprobs = [TokenLogprob(text, 1, -0.5, top)] if text else []
+        choices = [
+            ChoiceDelta(
+                index=i, text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=finish
+            )
+            for i in range(options.n)
+        ]
+        return GenerationUpdate(prompt, choices, finished=finished or finish is not None)
+
+    async def abort(self, request_id: str) -> None:
+        self.running.discard(request_id)
+        self.aborted.append(request_id)
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        self.adapters[adapter.int_id] = adapter
+
+    async def remove_adapter(self, int_id: int) -> None:
+        self.adapters.pop(int_id, None)
+
+    async def loaded_adapter_ids(self) -> set[int]:
+        return set(self.adapters)
+
+    def num_unfinished_requests(self) -> int:
+        return len(self.running)
+
+    def generation_defaults(self) -> dict[str, float]:
+        return {}
+
+    async def check_health(self) -> None:
+        if self.dead:
+            raise EngineDeadError("fake engine is dead")
+
+    async def shutdown(self) -> None:
+        self.dead = True

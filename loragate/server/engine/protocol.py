@@ -1,0 +1,65 @@
+"""The engine protocol: the whole of what the gateway asks of a model runtime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Protocol
+
+from loragate.server.engine.types import AdapterRef, GenerationUpdate, SamplingOptions
+
+
+class EngineDeadError(RuntimeError):
+    """The engine cannot serve any more requests."""
+
+
+class ChatTokenizer(Protocol):
+    """The slice of a Hugging Face tokenizer the gateway uses."""
+
+    eos_token_id: int | None
+
+    def apply_chat_template(self, conversation: Any, /, **kwargs: Any) -> Any: ...
+
+    def encode(self, text: str, /, **kwargs: Any) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int], /, **kwargs: Any) -> str: ...
+
+
+class Engine(Protocol):
+    @property
+    def tokenizer(self) -> ChatTokenizer: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    @property
+    def max_lora_rank(self) -> int: ...
+
+    def generate(
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: AdapterRef | None = None,
+    ) -> AsyncGenerator[GenerationUpdate, None]:
+        """Yield incremental updates; closing the iterator early aborts the request."""
+        ...
+
+    def generation_defaults(self) -> dict[str, float]:
+        """The model's own sampling defaults (its generation_config), applied under a request's."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def add_adapter(self, adapter: AdapterRef) -> None: ...
+
+    async def remove_adapter(self, int_id: int) -> None: ...
+
+    async def loaded_adapter_ids(self) -> set[int]: ...
+
+    def num_unfinished_requests(self) -> int: ...
+
+    async def check_health(self) -> None:
+        """Raise EngineDeadError when the engine cannot serve."""
+        ...
+
+    async def shutdown(self) -> None: ...

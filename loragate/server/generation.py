@@ -1,0 +1,119 @@
+"""Running one prepared request through the engine: whole, or as a stream of updates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from loragate.server.engine.protocol import Engine, EngineDeadError
+from loragate.server.engine.types import (
+    AdapterRef,
+    FinishReason,
+    GenerationUpdate,
+    SamplingOptions,
+    TokenLogprob,
+)
+from loragate.server.errors import EngineUnavailableError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready for the engine."""
+
+    prompt_token_ids: list[int]
+    options: SamplingOptions
+    adapter: AdapterRef | None
+
+
+@dataclass
+class ChoiceResult:
+    text: str = ""
+    completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class GenerationResult:
+    prompt_tokens: int
+    choices: list[ChoiceResult]
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    completion_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.completion_tokens = sum(c.completion_tokens for c in self.choices)
+
+
+async def stream_updates(
+    engine: Engine, prepared: Prepared, request_id: str
+) -> AsyncIterator[GenerationUpdate]:
+    """The engine's updates, with a dead engine turned into a 503 and the request always freed."""
+    try:
+        async with aclosing(
+            engine.generate(
+                prepared.prompt_token_ids, prepared.options, request_id, prepared.adapter
+            )
+        ) as updates:
+            async for update in updates:
+                yield update
+    except EngineDeadError as exc:
+        raise EngineUnavailableError(f"The engine is not available: {exc}") from exc
+
+
+async def generate_all(engine: Engine, prepared: Prepared, request_id: str) -> GenerationResult:
+    choices = [ChoiceResult() for _ in range(prepared.options.n)]
+    want_logprobs = prepared.options.logprobs is not None
+    prompt_tokens = len(prepared.prompt_token_ids)
+    prompt_logprobs = None
+    async for update in stream_updates(engine, prepared, request_id):
+        if update.prompt_logprobs is not None:
+            prompt_logprobs = update.prompt_logprobs
+        for delta in update.choices:
+            choice = choices[delta.index]
+            choice.text += delta.text
+            choice.completion_tokens += len(delta.token_ids)
+            if want_logprobs:
+                choice.logprobs = (choice.logprobs or []) + (delta.logprobs or [])
+            if delta.finish_reason is not None:
+                choice.finish_reason = delta.finish_reason
+    return GenerationResult(prompt_tokens, choices, prompt_logprobs)
+
+
+async def merge(
+    streams: list[AsyncIterator[tuple[int, GenerationUpdate]]],
+) -> AsyncIterator[tuple[int, GenerationUpdate]]:
+    """Interleave several update streams as their items arrive (multi-prompt completions)."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield item
+        return
+    queue: asyncio.Queue[tuple[int, GenerationUpdate] | BaseException | None] = asyncio.Queue()
+
+    async def pump(stream: AsyncIterator[tuple[int, GenerationUpdate]]) -> None:
+        try:
+            async for item in stream:
+                await queue.put(item)
+            await queue.put(None)
+        except Exception as exc:  # handed to the consumer, which re-raises it
+            await queue.put(exc)
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            got = await queue.get()
+            if got is None:
+                remaining -= 1
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                yield got
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""One thin router per route family: parse, call a service, shape the response."""

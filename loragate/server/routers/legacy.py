@@ -1,0 +1,93 @@
+"""The Llama-3.1 tutorial's `POST /`: {"prompt"} in, {"response", "status", "time"} out."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+
+from loragate.prompting import Message, render_prompt_ids
+from loragate.server.auth import require_api_key
+from loragate.server.engine.types import SamplingOptions
+from loragate.server.errors import BadRequestError
+from loragate.server.generation import Prepared, generate_all
+from loragate.server.leases import open_lease
+from loragate.server.observability import new_request_id
+from loragate.server.protocol import LegacyPromptRequest
+from loragate.server.sampling import completion_budget
+from loragate.server.state import AppState, app_state
+from loragate.server.streaming import until_disconnect
+from loragate.server.targets import ModelTarget
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+async def _parse(request: Request) -> LegacyPromptRequest:
+    # Parsed by hand: the tutorial's own client sends "Content-Type: application/jons".
+    try:
+        data = json.loads(await request.body() or b"null")
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(f"Malformed JSON body: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequestError('The body must be a JSON object such as {"prompt": "你好"}')
+    try:
+        return LegacyPromptRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise BadRequestError(f"Invalid value for '{param}': {first['msg']}", param=param) from exc
+
+
+def _history(body: LegacyPromptRequest) -> list[Message]:
+    turns: list[Message] = []
+    for turn in body.history:
+        if isinstance(turn, tuple):  # the [[user, assistant], ...] pairs of chat UIs
+            turns += [
+                {"role": "user", "content": turn[0]},
+                {"role": "assistant", "content": turn[1]},
+            ]
+        else:
+            turns.append({"role": turn.role, "content": turn.content})
+    return turns
+
+
+def _prepare(state: AppState, target: ModelTarget, body: LegacyPromptRequest) -> Prepared:
+    system = body.system or target.system_prompt or state.settings.legacy_system_prompt
+    messages: list[Message] = [{"role": "system", "content": system}, *_history(body)]
+    messages.append({"role": "user", "content": body.prompt})
+    ids = render_prompt_ids(state.engine.tokenizer, messages)
+    defaults = target.defaults.over(state.model_defaults)
+    fallback = defaults.max_tokens or state.settings.legacy_max_new_tokens
+    budget = completion_budget(body.max_new_tokens, fallback, len(ids), state.engine.max_model_len)
+    options = SamplingOptions(
+        max_tokens=budget,
+        temperature=_first(body.temperature, defaults.temperature, 1.0),
+        top_p=_first(body.top_p, defaults.top_p, 1.0),
+        top_k=defaults.top_k or 0,
+        repetition_penalty=defaults.repetition_penalty or 1.0,
+    )
+    return Prepared(ids, options, target.adapter)
+
+
+def _first(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
+
+
+@router.post("/")
+async def legacy_prompt(request: Request) -> dict[str, Any]:
+    body = await _parse(request)
+    state = app_state(request)
+    target, lease = await open_lease(request, body.model or body.persona)
+    async with lease:
+        prepared = _prepare(state, target, body)
+        result = await until_disconnect(
+            request, generate_all(state.engine, prepared, f"legacy-{new_request_id()}")
+        )
+    return {
+        "response": result.choices[0].text,
+        "status": 200,
+        "time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+    }

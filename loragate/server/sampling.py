@@ -1,0 +1,96 @@
+"""Request fields, target defaults and the model's defaults into one SamplingOptions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loragate.server.engine.types import SamplingOptions
+from loragate.server.errors import BadRequestError, ContextLengthError
+from loragate.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from loragate.server.targets import SamplingDefaults
+
+
+def _pick(value: Any, default: Any, fallback: Any) -> Any:
+    if value is not None:
+        return value
+    return default if default is not None else fallback
+
+
+def completion_budget(
+    requested: int | None, default: int | None, prompt_len: int, max_model_len: int
+) -> int:
+    """Tokens the completion may use; a prompt that leaves no room is a 400 naming both lengths."""
+    room = max_model_len - prompt_len
+    if room <= 0:
+        raise ContextLengthError(
+            f"This model's maximum context length is {max_model_len} tokens, but the prompt has "
+            f"{prompt_len} tokens. Shorten the prompt.",
+            param="messages",
+        )
+    wanted = requested if requested is not None else default
+    if wanted is None:
+        return room
+    if requested is not None and requested > room:
+        raise ContextLengthError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} "
+            "for the completion). Reduce the prompt or max_tokens.",
+            param="max_tokens",
+        )
+    return min(wanted, room)
+
+
+def sampling_options(
+    request: SamplingFields,
+    defaults: SamplingDefaults,
+    *,
+    max_tokens: int,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+) -> SamplingOptions:
+    json_schema, json_object = _structured(request)
+    return SamplingOptions(
+        max_tokens=max_tokens,
+        n=request.n,
+        temperature=_pick(request.temperature, defaults.temperature, 1.0),
+        top_p=_pick(request.top_p, defaults.top_p, 1.0),
+        top_k=_top_k(_pick(request.top_k, defaults.top_k, 0)),
+        min_p=_pick(request.min_p, defaults.min_p, 0.0),
+        seed=request.seed,
+        stop=request.stop_list(),
+        presence_penalty=_pick(request.presence_penalty, defaults.presence_penalty, 0.0),
+        frequency_penalty=_pick(request.frequency_penalty, defaults.frequency_penalty, 0.0),
+        repetition_penalty=_pick(request.repetition_penalty, defaults.repetition_penalty, 1.0),
+        ignore_eos=request.ignore_eos,
+        min_tokens=request.min_tokens,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+        json_schema=json_schema,
+        json_object=json_object,
+    )
+
+
+def _top_k(value: int) -> int:
+    return 0 if value < 0 else value  # OpenAI-style -1 and vLLM's 0 both mean "off"
+
+
+def _structured(request: SamplingFields) -> tuple[dict[str, Any] | None, bool]:
+    if not isinstance(request, ChatCompletionRequest) or request.response_format is None:
+        return None, False
+    fmt = request.response_format
+    if fmt.type == "json_schema":
+        assert fmt.json_schema is not None
+        if not fmt.json_schema.schema_:
+            raise BadRequestError(
+                "response_format.json_schema.schema must be a non-empty JSON schema",
+                param="response_format.json_schema.schema",
+            )
+        return fmt.json_schema.schema_, False
+    return None, fmt.type == "json_object"
+
+
+def completion_logprobs(request: CompletionRequest) -> tuple[int | None, int | None]:
+    """(sampled-token logprobs, prompt logprobs) for a text completion."""
+    if request.logprobs is None:
+        return None, None
+    return request.logprobs, (request.logprobs if request.echo else None)

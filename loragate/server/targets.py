@@ -1,0 +1,63 @@
+"""What a request's `model` field resolves to: the base model, or a persona on top of it."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+from openai.types import Model
+
+from loragate.server.engine.types import AdapterRef
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Defaults applied where a request is silent (a persona's, or the model's own)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    max_tokens: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> SamplingDefaults:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
+    def over(self, base: SamplingDefaults) -> SamplingDefaults:
+        """These defaults, falling back to `base` where unset."""
+        merged = {
+            f.name: getattr(self, f.name)
+            if getattr(self, f.name) is not None
+            else getattr(base, f.name)
+            for f in fields(self)
+        }
+        return SamplingDefaults(**merged)
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    name: str
+    adapter: AdapterRef | None = None
+    system_prompt: str | None = None
+    defaults: SamplingDefaults = SamplingDefaults()
+
+
+class ModelCatalog(Protocol):
+    """Resolves `model` names; leasing a target keeps its adapter in the engine until released."""
+
+    @property
+    def base_name(self) -> str: ...
+
+    def names(self) -> list[str]: ...
+
+    def lease(self, name: str | None) -> AbstractAsyncContextManager[ModelTarget]:
+        """Raise ModelNotFoundError (listing the valid names) for an unknown name."""
+        ...
+
+    def model_cards(self) -> list[Model]: ...

@@ -1,0 +1,130 @@
+"""The one settings source: CLI flags, LORAGATE_* environment variables and a TOML config file.
+
+Precedence, highest first: CLI flags, environment, config file (`--config` or
+`LORAGATE_CONFIG`), defaults. Every field's description is its `--help` text.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+LEGACY_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+class _LoragateSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAGATE_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 (no .env files, by design)
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("LORAGATE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+class EngineSettings(_LoragateSettings):
+    model: str | None = Field(
+        default=None,
+        description="Model to serve: a local Hugging Face directory or a hub id "
+        "(e.g. meta-llama/Llama-3.1-8B-Instruct). Default: the embedded SmolLM2-135M-Instruct.",
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        description="Name of the base model in the API. Default: the model directory's name.",
+    )
+    max_model_len: int = Field(
+        default=2048, ge=16, description="Context length (prompt plus completion) in tokens."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="Weights and activations dtype."
+    )
+    kv_cache_memory_fraction: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="Fraction of memory reserved for the KV cache (vLLM gpu_memory_utilization; "
+        "on the CPU backend, a fraction of one NUMA node's RAM). Use about 0.9 on a GPU.",
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, description="Tensor-parallel workers.")
+    enable_lora: bool = Field(default=True, description="Enable LoRA adapters (personas).")
+    max_loras: int = Field(
+        default=4, ge=1, description="Adapters that can run in one engine batch."
+    )
+    max_lora_rank: int = Field(default=16, ge=1, description="Highest adapter rank accepted.")
+    max_cpu_loras: int = Field(
+        default=8, ge=1, description="Adapters kept loaded in the engine (least recently used out)."
+    )
+    max_num_seqs: int = Field(default=64, ge=1, description="Sequences per engine batch.")
+    seed: int = Field(default=0, description="Engine random seed.")
+    enforce_eager: bool = Field(
+        default=False, description="Disable CUDA graphs / compilation (faster start, slower run)."
+    )
+
+
+class ServerSettings(EngineSettings):
+    host: str = Field(default="127.0.0.1", description="Interface to listen on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="OpenAI API port.")
+    legacy_port: int | None = Field(
+        default=6006,
+        description="Port of the tutorial's legacy `POST /` endpoint; 0 or empty turns it off.",
+    )
+    api_key: str | None = Field(
+        default=None,
+        description="When set, every route but /health needs `Authorization: Bearer <key>`.",
+    )
+    admin_key: str | None = Field(
+        default=None, description="When set, routes that change personas need this bearer key."
+    )
+    personas_dir: list[Path] = Field(
+        default_factory=list,
+        description="Directory of persona bundles, scanned at start-up and watched (repeatable).",
+    )
+    persona: list[str] = Field(
+        default_factory=list, description="Register one persona as NAME=PATH (repeatable)."
+    )
+    adapter_root: list[Path] = Field(
+        default_factory=list,
+        description="Directories adapter paths must lie in (repeatable). "
+        "Default: the personas directories and the --persona paths.",
+    )
+    preload_personas: bool = Field(
+        default=False, description="Load every registered persona into the engine at start-up."
+    )
+    persona_watch_interval: float = Field(
+        default=2.0, ge=0, description="Seconds between scans of the personas directories; 0 off."
+    )
+    legacy_system_prompt: str = Field(
+        default=LEGACY_SYSTEM_PROMPT, description="System prompt of the legacy endpoint."
+    )
+    legacy_max_new_tokens: int = Field(
+        default=512, ge=1, description="Default max_new_tokens of the legacy endpoint."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level."
+    )
+
+    def legacy_enabled(self) -> bool:
+        return bool(self.legacy_port)
+
+
+def settings_kwargs(**overrides: Any) -> dict[str, Any]:
+    """Drop unset CLI values so that environment and config file still apply beneath them."""
+    return {key: value for key, value in overrides.items() if value is not None}
