@@ -29,6 +29,16 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+@router.get("/v1/engine/status", dependencies=[Depends(require_api_key)])
+async def engine_status(request: Request) -> dict[str, Any]:
+    """What the engine holds right now: for operators, and for tests that check cleanup."""
+    running = engine(request)
+    return {
+        "unfinished_requests": running.num_unfinished_requests(),
+        "loaded_adapter_ids": sorted(await running.loaded_adapter_ids()),
+    }
+
+
 @router.get("/version", dependencies=[Depends(require_api_key)])
 async def version() -> dict[str, str]:
     return {"version": loragate.__version__}

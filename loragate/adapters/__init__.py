@@ -1,0 +1,1 @@
+"""Personas: LoRA adapter bundles, their registry in the gateway, and their training."""

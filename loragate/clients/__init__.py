@@ -1,0 +1,1 @@
+"""Clients of a running gateway. Imports neither torch nor vLLM."""

@@ -1,0 +1,47 @@
+"""Real peft LoRA adapters on the embedded default model, made in the tests.
+
+peft initialises B to zero, which makes an adapter a no-op; these draw B (and A) from a normal
+distribution instead, so that each adapter visibly changes the output. `std` sets how much:
+about 0.02 nudges the text, 1.0 turns it into unmistakable gibberish.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@functools.cache
+def _base_model_dir() -> Path:
+    from loragate.default_model import ensure_default_model
+
+    return ensure_default_model()
+
+
+def make_lora_adapter(
+    out_dir: Path,
+    *,
+    seed: int,
+    std: float,
+    rank: int = 8,
+    alpha: int = 16,
+    targets: tuple[str, ...] = ALL_PROJECTIONS,
+) -> Path:
+    """Write a peft adapter (adapter_config.json, adapter_model.safetensors) into out_dir."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(_base_model_dir(), dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                param.normal_(0.0, std)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(out_dir)
+    return out_dir
