@@ -54,7 +54,9 @@ def _extra_commands() -> list[
     Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
 ]:
     """Commands that live beside their feature (training, clients, benchmarks)."""
-    return []
+    from loragate.clients.chat import register_chat_command
+
+    return [register_chat_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
