@@ -11,7 +11,7 @@ from fastapi import FastAPI
 import loragate
 from loragate.server.errors import install_error_handlers
 from loragate.server.observability import RequestIdMiddleware
-from loragate.server.routers import chat, completions, legacy, models, web
+from loragate.server.routers import chat, completions, legacy, models, personas, web
 from loragate.server.state import AppState
 from loragate.settings import ServerSettings
 
@@ -39,4 +39,5 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
     app.add_middleware(RequestIdMiddleware)
     for router in (chat.router, completions.router, models.router, legacy.router, web.router):
         app.include_router(router)
+    app.include_router(personas.router)
     return app

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from loragate.server.base_catalog import BaseModelCatalog
+from loragate.adapters.registry import PersonaRegistry
+from loragate.adapters.sources import personas_running
 from loragate.server.state import AppState
 from loragate.server.targets import SamplingDefaults
 from loragate.settings import ServerSettings
@@ -33,8 +34,11 @@ async def vllm_state(settings: ServerSettings) -> AsyncIterator[AppState]:
     model_path, served_name = resolve_model(settings)
     engine = VllmEngine.start(settings, model_path, served_name)
     try:
-        catalog = BaseModelCatalog(served_name, model_path, engine.max_model_len)
+        registry = PersonaRegistry(settings, engine, served_name, model_path)
         defaults = SamplingDefaults.from_mapping(engine.generation_defaults())
-        yield AppState(settings=settings, engine=engine, catalog=catalog, model_defaults=defaults)
+        async with personas_running(registry, settings):
+            yield AppState(
+                settings=settings, engine=engine, catalog=registry, model_defaults=defaults
+            )
     finally:
         await engine.shutdown()

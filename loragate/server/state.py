@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from loragate.adapters.registry import PersonaRegistry
 from loragate.server.engine.protocol import Engine
+from loragate.server.errors import NotFoundError
 from loragate.server.targets import ModelCatalog, SamplingDefaults
 from loragate.settings import ServerSettings
 
@@ -37,3 +39,10 @@ def catalog(request: Request) -> ModelCatalog:
 
 def settings(request: Request) -> ServerSettings:
     return app_state(request).settings
+
+
+def registry(request: Request) -> PersonaRegistry:
+    found = catalog(request)
+    if not isinstance(found, PersonaRegistry):
+        raise NotFoundError("This server serves no personas (it has no persona registry).")
+    return found

@@ -1,0 +1,189 @@
+"""One registered persona version: what was read and checked from disk, and its live counters."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from loragate.adapters.confinement import AdapterRoots
+from loragate.adapters.manifest import ManifestError, read_bundle
+from loragate.adapters.validation import AdapterValidationError, ModelShape, validate_adapter
+from loragate.server.engine.types import AdapterRef
+from loragate.server.errors import BadRequestError
+from loragate.server.targets import ModelTarget, SamplingDefaults
+
+PersonaState = Literal["registered", "loading", "loaded", "failed"]
+PersonaSource = Literal["dir", "cli", "api"]
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class PersonaInfo(BaseModel):
+    """The persona API's view of a persona (GET/PUT /v1/personas)."""
+
+    name: str
+    version: str
+    state: PersonaState
+    error: str | None
+    description: str
+    base_model: str | None
+    system_prompt: str | None
+    defaults: dict[str, Any]
+    adapter_path: str
+    rank: int | None
+    size_bytes: int | None
+    load_time_s: float | None
+    requests_served: int
+    last_used: float | None
+    in_flight: int
+    # Beyond the agreed fields: the engine's id of this version (as in GET /v1/engine/status),
+    # and what validation found unusual but not wrong.
+    adapter_id: int | None
+    warnings: list[str]
+
+
+def check_persona_name(name: str, base_name: str) -> None:
+    if not _NAME.match(name):
+        raise BadRequestError(
+            f"Invalid persona name '{name}': use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit ('@' separates a version in requests).",
+            param="name",
+            code="invalid_persona_name",
+        )
+    if name == base_name:
+        raise BadRequestError(
+            f"The persona name '{name}' is the base model's name.",
+            param="name",
+            code="invalid_persona_name",
+        )
+
+
+@dataclass(eq=False)
+class Persona:
+    name: str
+    version: str
+    source: PersonaSource
+    path: Path  # the bundle (or bare adapter) directory, resolved
+    adapter: AdapterRef | None  # None when the bundle could not even be read
+    description: str = ""
+    base_model: str | None = None
+    system_prompt: str | None = None
+    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
+    rank: int | None = None
+    size_bytes: int | None = None
+    warnings: tuple[str, ...] = ()
+    state: PersonaState = "registered"
+    error: str | None = None
+    load_time_s: float | None = None
+    requests_served: int = 0
+    last_used: float | None = None
+    in_flight: int = 0
+    created: float = field(default_factory=time.time)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def loaded(self) -> bool:
+        return self.state == "loaded"
+
+    def target(self) -> ModelTarget:
+        return ModelTarget(
+            name=self.name,
+            adapter=self.adapter,
+            system_prompt=self.system_prompt,
+            defaults=self.defaults,
+        )
+
+    def check_out(self) -> None:
+        self.in_flight += 1
+        self.requests_served += 1
+        self.last_used = time.time()
+        self.idle.clear()
+
+    def check_in(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    def info(self) -> PersonaInfo:
+        defaults = {k: v for k, v in vars(self.defaults).items() if v is not None}
+        return PersonaInfo(
+            name=self.name,
+            version=self.version,
+            state=self.state,
+            error=self.error,
+            description=self.description,
+            base_model=self.base_model,
+            system_prompt=self.system_prompt,
+            defaults=defaults,
+            adapter_path=self.adapter.path if self.adapter else str(self.path),
+            rank=self.rank,
+            size_bytes=self.size_bytes,
+            load_time_s=self.load_time_s,
+            requests_served=self.requests_served,
+            last_used=self.last_used,
+            in_flight=self.in_flight,
+            adapter_id=self.adapter.int_id if self.adapter else None,
+            warnings=list(self.warnings),
+        )
+
+
+@dataclass(frozen=True)
+class PersonaReader:
+    """Reads and checks a bundle into a Persona; everything it refuses is a 400."""
+
+    roots: AdapterRoots
+    shape: ModelShape
+    max_rank: int
+    base_names: tuple[str, ...]
+
+    def read(self, name: str, path: str | Path, source: PersonaSource, int_id: int) -> Persona:
+        bundle_dir = self.roots.confine(path)
+        try:
+            bundle = read_bundle(bundle_dir)
+        except ManifestError as exc:
+            raise AdapterValidationError(str(exc)) from exc
+        adapter_dir = self.roots.confine(bundle.adapter_dir.absolute(), param="path")
+        report = validate_adapter(
+            adapter_dir,
+            self.shape,
+            max_rank=self.max_rank,
+            base_names=self.base_names,
+            roots=self.roots,
+        )
+        manifest = bundle.manifest
+        warnings = list(report.warnings)
+        if manifest.base_model and manifest.base_model not in self.base_names:
+            warnings.append(
+                f"The manifest names the base model '{manifest.base_model}'; "
+                f"the server serves '{self.base_names[0]}'."
+            )
+        # The engine's name is unique per loaded version: vLLM keys its prefix cache by the
+        # adapter's name and path, so a new version under the old name (or the same path
+        # rewritten) could otherwise reuse KV blocks computed with the old weights.
+        engine_name = f"{name}#{int_id}"
+        return Persona(
+            name=name,
+            version=manifest.version,
+            source=source,
+            path=bundle_dir,
+            adapter=AdapterRef(engine_name, int_id, str(adapter_dir)),
+            description=manifest.description,
+            base_model=manifest.base_model or self.base_names[0],
+            system_prompt=manifest.system_prompt,
+            defaults=SamplingDefaults.from_mapping(manifest.defaults.model_dump()),
+            rank=report.rank,
+            size_bytes=report.size_bytes,
+            warnings=tuple(warnings),
+        )
+
+    def failed(self, name: str, path: Path, source: PersonaSource, error: str) -> Persona:
+        """A persona whose bundle was refused: listed with its error, never served."""
+        return Persona(name, "", source, path, None, state="failed", error=error)

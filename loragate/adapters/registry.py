@@ -1,0 +1,354 @@
+"""The persona registry: the ModelCatalog of a server with LoRA personas.
+
+- `lease(name)` resolves the base model, `persona` or `persona@version`, loads the adapter into
+  the engine on first use (one load per name at a time: per-name locks), and counts the request
+  in flight until the response is done. Leases hold no lock while generating, so requests for
+  different personas share engine batches.
+- At most `max_cpu_loras` adapters stay in the engine; loading one more first removes the least
+  recently used idle one. (When every loaded adapter is busy, vLLM's own LRU cache takes over.)
+- `put` publishes a new version only after the engine has it (for loads) and swaps atomically:
+  new leases get the new version at once, the old one leaves the engine once its requests end.
+- `delete` unpublishes at once, waits for the requests in flight, removes the adapter from the
+  engine and checks that the engine no longer lists it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from openai.types import Model
+
+from loragate.adapters.confinement import AdapterRoots
+from loragate.adapters.persona import (
+    Persona,
+    PersonaReader,
+    PersonaSource,
+    check_persona_name,
+)
+from loragate.adapters.validation import ModelShape
+from loragate.server.base_catalog import base_model_card
+from loragate.server.engine.protocol import Engine
+from loragate.server.errors import BadRequestError, GatewayError, ModelNotFoundError, NotFoundError
+from loragate.server.targets import ModelTarget
+from loragate.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+class PersonaNotFoundError(NotFoundError):
+    code = "persona_not_found"
+
+    def __init__(self, name: str, valid: list[str]):
+        listed = ", ".join(sorted(valid)) or "(none)"
+        super().__init__(f"The persona '{name}' does not exist. Valid personas: {listed}")
+
+
+class PersonaUnavailableError(BadRequestError):
+    code = "persona_unavailable"
+
+
+class AdapterStillLoadedError(GatewayError):
+    code = "adapter_still_loaded"
+
+
+class PersonaRegistry:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        engine: Engine,
+        base_name: str,
+        model_path: str,
+        *,
+        shape: ModelShape | None = None,
+    ):
+        self._settings = settings
+        self._engine = engine
+        self._base = ModelTarget(name=base_name)
+        self._base_card = base_model_card(
+            base_name, model_path, engine.max_model_len, int(time.time())
+        )
+        self.roots = AdapterRoots.of(default_roots(settings))
+        self._reader = PersonaReader(
+            roots=self.roots,
+            shape=shape or ModelShape.from_model_path(model_path),
+            max_rank=engine.max_lora_rank,
+            base_names=(base_name, model_path),
+        )
+        self._capacity = settings.max_cpu_loras
+        self._current: dict[str, Persona] = {}
+        self._loaded: OrderedDict[int, Persona] = OrderedDict()  # least recently used first
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._room = asyncio.Lock()
+        self._draining: defaultdict[str, set[asyncio.Task[None]]] = defaultdict(set)
+        self._next_id = 1
+
+    # -- ModelCatalog -------------------------------------------------------------------------
+
+    @property
+    def base_name(self) -> str:
+        return self._base.name
+
+    def names(self) -> list[str]:
+        usable = [p.name for p in self._current.values() if p.state != "failed"]
+        return [self._base.name, *sorted(usable)]
+
+    @asynccontextmanager
+    async def lease(self, name: str | None) -> AsyncIterator[ModelTarget]:
+        if name is None or name == self._base.name:
+            yield self._base
+            return
+        persona = await self._check_out(name)
+        try:
+            yield persona.target()
+        finally:
+            persona.check_in()
+
+    def model_cards(self) -> list[Model]:
+        cards = [self._base_card]
+        for persona in sorted(self._current.values(), key=lambda p: p.name):
+            if persona.state != "failed" and persona.adapter is not None:
+                card = dict(
+                    id=persona.name,
+                    object="model",
+                    created=int(persona.created),
+                    owned_by="loragate",
+                    root=persona.adapter.path,
+                    parent=self._base.name,
+                    max_model_len=self._engine.max_model_len,
+                )
+                cards.append(Model.model_validate(card))
+        return cards
+
+    # -- The persona API ----------------------------------------------------------------------
+
+    def personas(self) -> list[Persona]:
+        return sorted(self._current.values(), key=lambda p: p.name)
+
+    def find(self, name: str) -> Persona | None:
+        return self._current.get(name)
+
+    def get(self, name: str) -> Persona:
+        persona = self._current.get(name)
+        if persona is None:
+            raise PersonaNotFoundError(name, list(self._current))
+        return persona
+
+    async def put(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        source: PersonaSource,
+        load: bool,
+        replace: bool = True,
+    ) -> tuple[Persona, bool]:
+        """Register (or swap in) `name` from `path`: (the persona, whether it is new)."""
+        check_persona_name(name, self._base.name)
+        async with self._locks[name]:
+            previous = self._current.get(name)
+            if previous is not None and not replace:
+                raise BadRequestError(
+                    f"The lora adapter '{name}' has already been loaded. If you want to load "
+                    "the adapter in place, set 'load_inplace' to True.",
+                    param="lora_name",
+                )
+            persona = await asyncio.to_thread(self._reader.read, name, path, source, self._new_id())
+            if load:
+                await self._load(persona)
+            self._publish(persona)
+        return persona, previous is None
+
+    def record_failure(self, name: str, path: Path, source: PersonaSource, error: str) -> None:
+        """Show a refused bundle (from a watched directory) in the listing, with its error."""
+        current = self._current.get(name)
+        if current is not None and current.state != "failed":
+            logger.warning("keeping persona '%s' %s: its new files are refused: %s",
+                           name, current.version, error)  # fmt: skip
+            return
+        self._publish(self._reader.failed(name, path, source, error))
+
+    async def delete(self, name: str, *, wait: bool = True) -> None:
+        """Unpublish now; remove from the engine once the requests in flight are done."""
+        async with self._locks[name]:
+            persona = self.get(name)
+            del self._current[name]
+            logger.info("persona '%s' %s unpublished", name, persona.version)
+            draining = list(self._draining[name])
+            task = asyncio.create_task(self._retire(persona))
+            self._track(name, task)
+        if wait:
+            # Shielded: a client that hangs up does not leave the adapter half removed.
+            await asyncio.shield(asyncio.gather(task, *draining))
+
+    async def preload(self) -> None:
+        for persona in self.personas()[: self._capacity]:
+            if persona.state == "registered":
+                try:
+                    async with self._locks[persona.name]:
+                        await self._load(persona)
+                except PersonaUnavailableError as exc:
+                    logger.error("preloading persona '%s' failed: %s", persona.name, exc.message)
+
+    async def close(self) -> None:
+        tasks = [t for ts in self._draining.values() for t in ts]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drained(self) -> None:
+        """Wait until every retired version has left the engine (for tests and shutdown)."""
+        while tasks := [t for ts in self._draining.values() for t in ts]:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- Internals ----------------------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _resolve(self, model: str) -> Persona:
+        name, at, version = model.partition("@")
+        persona = self._current.get(name)
+        if persona is None:
+            raise ModelNotFoundError(model, self.names())
+        if at and version != persona.version:
+            raise ModelNotFoundError(model, [*self.names(), f"{name}@{persona.version}"])
+        if persona.state == "failed":
+            raise PersonaUnavailableError(
+                f"The persona '{name}' cannot be served: {persona.error}", param="model"
+            )
+        return persona
+
+    async def _check_out(self, model: str) -> Persona:
+        while True:
+            persona = self._resolve(model)
+            if persona.loaded:  # the common case: no lock, no wait
+                self._touch(persona)
+                persona.check_out()
+                return persona
+            async with self._locks[persona.name]:
+                if self._current.get(persona.name) is not persona or persona.state == "failed":
+                    continue  # swapped, deleted or failed while waiting: resolve again
+                if not persona.loaded:
+                    await self._load(persona)
+                self._touch(persona)
+                persona.check_out()
+                return persona
+
+    def _touch(self, persona: Persona) -> None:
+        if persona.adapter is not None and persona.adapter.int_id in self._loaded:
+            self._loaded.move_to_end(persona.adapter.int_id)
+
+    async def _load(self, persona: Persona) -> None:
+        """Put the adapter into the engine (the caller holds the persona's name lock)."""
+        adapter = persona.adapter
+        assert adapter is not None
+        if not self._settings.enable_lora:
+            raise PersonaUnavailableError(
+                "LoRA is disabled on this server (--no-enable-lora): personas cannot be served.",
+                param="model",
+            )
+        persona.state = "loading"
+        await self._make_room(persona)
+        started = time.monotonic()
+        try:
+            await self._engine.add_adapter(adapter)
+        except Exception as exc:
+            persona.state, persona.error = "failed", f"the engine refused the adapter: {exc}"
+            self._loaded.pop(adapter.int_id, None)
+            await self._forget(adapter.int_id)  # leave the engine as it was
+            raise PersonaUnavailableError(
+                f"Loading persona '{persona.name}' failed: {persona.error}", param="model"
+            ) from exc
+        persona.state, persona.error = "loaded", None
+        persona.load_time_s = round(time.monotonic() - started, 4)
+        logger.info("persona '%s' %s loaded in %.3f s (adapter id %d)",
+                    persona.name, persona.version, persona.load_time_s, adapter.int_id)  # fmt: skip
+
+    async def _make_room(self, incoming: Persona) -> None:
+        async with self._room:
+            while len(self._loaded) >= self._capacity:
+                victim = self._idle_victim(incoming)
+                if victim is None:
+                    logger.warning("all %d loaded personas are busy; loading '%s' beyond "
+                                   "max_cpu_loras", len(self._loaded), incoming.name)  # fmt: skip
+                    break
+                # Taken without waiting (it is free): a lease of the victim waits for the removal.
+                async with self._locks[victim.name]:
+                    logger.info("evicting persona '%s' (least recently used)", victim.name)
+                    await self._unload(victim)
+            # Reserved before the engine has it, so that concurrent loads count each other.
+            assert incoming.adapter is not None
+            self._loaded[incoming.adapter.int_id] = incoming
+
+    def _idle_victim(self, incoming: Persona) -> Persona | None:
+        for persona in self._loaded.values():
+            busy = persona.in_flight > 0 or persona.state != "loaded"
+            if persona is not incoming and not busy and not self._locks[persona.name].locked():
+                return persona
+        return None
+
+    async def _unload(self, persona: Persona) -> None:
+        assert persona.adapter is not None
+        self._loaded.pop(persona.adapter.int_id, None)
+        if persona.state == "loaded":
+            persona.state = "registered"
+        await self._engine.remove_adapter(persona.adapter.int_id)
+
+    async def _forget(self, int_id: int) -> None:
+        if int_id in await self._engine.loaded_adapter_ids():
+            await self._engine.remove_adapter(int_id)
+
+    def _publish(self, persona: Persona) -> None:
+        previous = self._current.get(persona.name)
+        self._current[persona.name] = persona
+        logger.info("persona '%s' %s registered (%s)", persona.name, persona.version, persona.state)
+        if previous is not None and previous.adapter is not None:
+            self._track(persona.name, asyncio.create_task(self._retire(previous)))
+
+    def _track(self, name: str, task: asyncio.Task[None]) -> None:
+        self._draining[name].add(task)
+        task.add_done_callback(self._draining[name].discard)
+        task.add_done_callback(_log_failure)
+
+    async def _retire(self, persona: Persona) -> None:
+        """Once its requests are done, take a replaced or deleted version out of the engine."""
+        await persona.idle.wait()
+        assert persona.adapter is not None
+        int_id = persona.adapter.int_id
+        async with self._room:
+            if int_id in self._loaded:
+                await self._unload(persona)
+            await self._forget(int_id)
+            if int_id in await self._engine.loaded_adapter_ids():
+                raise AdapterStillLoadedError(
+                    f"The engine still holds adapter {int_id} of persona '{persona.name}' "
+                    "after removing it."
+                )
+        logger.info("persona '%s' %s left the engine (adapter id %d)",
+                    persona.name, persona.version, int_id)  # fmt: skip
+
+
+def default_roots(settings: ServerSettings) -> list[Path]:
+    """The personas directories, and --adapter-root (by default, the --persona paths)."""
+    explicit = settings.adapter_root or [path for _, path in persona_args(settings)]
+    return [*settings.personas_dir, *explicit]
+
+
+def persona_args(settings: ServerSettings) -> Iterator[tuple[str, Path]]:
+    for value in settings.persona:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--persona expects NAME=PATH, got '{value}'")
+        yield name, Path(path).absolute()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("retiring an adapter failed: %s", exc)

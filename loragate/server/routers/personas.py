@@ -1,0 +1,85 @@
+"""The persona API, and vLLM's own load/unload routes for clients written against vLLM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from loragate.server.auth import require_admin_key, require_api_key
+from loragate.server.errors import NotFoundError
+from loragate.server.state import registry
+
+# Reading needs the API key (if any); changing needs the admin key (or, without one, the API key).
+router = APIRouter()
+read = [Depends(require_api_key)]
+admin = [Depends(require_admin_key)]
+
+
+class PutPersonaBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, description="A persona bundle or bare peft adapter directory.")
+
+
+class LoadLoraAdapterBody(BaseModel):
+    """vLLM's LoadLoRAAdapterRequest."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1)
+    load_inplace: bool = False
+
+
+class UnloadLoraAdapterBody(BaseModel):
+    """vLLM's UnloadLoRAAdapterRequest."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lora_name: str = Field(min_length=1)
+    lora_int_id: int | None = None
+
+
+@router.get("/v1/personas", dependencies=read)
+async def list_personas(request: Request) -> dict[str, Any]:
+    data = [p.info().model_dump(mode="json") for p in registry(request).personas()]
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/personas/{name}", dependencies=read)
+async def get_persona(name: str, request: Request) -> dict[str, Any]:
+    return registry(request).get(name).info().model_dump(mode="json")
+
+
+@router.put("/v1/personas/{name}", dependencies=admin)
+async def put_persona(name: str, body: PutPersonaBody, request: Request) -> JSONResponse:
+    persona, created = await registry(request).put(name, body.path, source="api", load=True)
+    return JSONResponse(persona.info().model_dump(mode="json"), status_code=201 if created else 200)
+
+
+@router.delete("/v1/personas/{name}", dependencies=admin)
+async def delete_persona(name: str, request: Request) -> dict[str, Any]:
+    await registry(request).delete(name)
+    return {"name": name, "deleted": True}
+
+
+@router.post("/v1/load_lora_adapter", dependencies=admin)
+async def load_lora_adapter(body: LoadLoraAdapterBody, request: Request) -> PlainTextResponse:
+    await registry(request).put(
+        body.lora_name, body.lora_path, source="api", load=True, replace=body.load_inplace
+    )
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+
+@router.post("/v1/unload_lora_adapter", dependencies=admin)
+async def unload_lora_adapter(body: UnloadLoraAdapterBody, request: Request) -> PlainTextResponse:
+    found = registry(request)
+    if found.find(body.lora_name) is None:
+        raise NotFoundError(
+            f"The lora adapter '{body.lora_name}' cannot be found.", param="lora_name"
+        )
+    await found.delete(body.lora_name)
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
