@@ -16,7 +16,7 @@ from openai.types.completion_usage import CompletionUsage
 from loragate.prompting import Message, render_prompt_ids
 from loragate.server.engine.protocol import Engine
 from loragate.server.engine.types import TokenLogprob
-from loragate.server.generation import Prepared, generate_all, stream_updates
+from loragate.server.generation import Prepared, generate_all, prepare, stream_updates
 from loragate.server.protocol import ChatCompletionRequest
 from loragate.server.sampling import completion_budget, sampling_options
 from loragate.server.targets import ModelTarget, SamplingDefaults
@@ -47,7 +47,7 @@ def prepare_chat(
     )
     top = (request.top_logprobs or 0) if request.logprobs else None
     options = sampling_options(request, defaults, max_tokens=budget, logprobs=top)
-    return Prepared(prompt_ids, options, target.adapter)
+    return prepare(engine, prompt_ids, options, target.adapter)
 
 
 def _token_logprobs(entries: list[TokenLogprob]) -> list[ChatCompletionTokenLogprob]:

@@ -18,6 +18,7 @@ from loragate.server.generation import (
     Prepared,
     generate_all,
     merge,
+    prepare,
     stream_updates,
 )
 from loragate.server.protocol import CompletionRequest
@@ -47,14 +48,16 @@ def prepare_completions(
         options = sampling_options(
             request, defaults, max_tokens=budget, logprobs=logprobs, prompt_logprobs=prompt_logprobs
         )
-        prepared.append(Prepared(ids, options, target.adapter))
+        prepared.append(prepare(engine, ids, options, target.adapter))
     return prepared
 
 
-def _logprobs(entries: list[TokenLogprob | None], offset: int) -> Logprobs:
+def _logprobs(entries: list[TokenLogprob | None], fallback_tokens: list[str]) -> Logprobs:
+    """OpenAI's legacy logprobs; an entry without logprobs (the first prompt token) is null."""
     tokens, token_logprobs, top, offsets = [], [], [], []
-    for entry in entries:
-        token = entry.token if entry else ""
+    offset = 0
+    for i, entry in enumerate(entries):
+        token = entry.token if entry else fallback_tokens[i]
         tokens.append(token)
         token_logprobs.append(entry.logprob if entry else None)
         top.append(dict(entry.top) if entry else None)
@@ -64,6 +67,10 @@ def _logprobs(entries: list[TokenLogprob | None], offset: int) -> Logprobs:
     return Logprobs.model_construct(
         tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top, text_offset=offsets
     )
+
+
+def _prompt_tokens(engine: Engine, prepared: Prepared) -> list[str]:
+    return [engine.tokenizer.decode([t]) for t in prepared.prompt_token_ids]
 
 
 def _echo_prefix(engine: Engine, prepared: Prepared, echo: bool) -> str:
@@ -79,9 +86,12 @@ def _choices(
         logprobs = None
         if choice.logprobs is not None:
             entries: list[TokenLogprob | None] = list(choice.logprobs)
+            fallback = [""] * len(entries)
             if echo:
-                entries = list(result.prompt_logprobs or []) + entries
-            logprobs = _logprobs(entries, 0)
+                prompt_entries = list(result.prompt_logprobs or [])
+                fallback = _prompt_tokens(engine, prepared) + fallback
+                entries = prompt_entries + entries
+            logprobs = _logprobs(entries, fallback)
         choices.append(
             CompletionChoice(
                 index=prompt_index * prepared.options.n + i,
@@ -152,13 +162,14 @@ async def completion_stream(
             if echo and index not in echoed:
                 echoed.add(index)
                 text = _echo_prefix(engine, p, echo) + text
-            logprobs = _logprobs(list(delta.logprobs), 0) if delta.logprobs is not None else None
+            logprobs = None
+            if delta.logprobs is not None:
+                logprobs = _logprobs(list(delta.logprobs), [""] * len(delta.logprobs))
+            # model_construct: mid-stream chunks carry finish_reason null, which the SDK type
+            # (made for whole responses) does not admit.
             choices.append(
-                CompletionChoice(
-                    index=index,
-                    text=text,
-                    finish_reason=delta.finish_reason,  # type: ignore[arg-type]  # null mid-stream
-                    logprobs=logprobs,
+                CompletionChoice.model_construct(
+                    index=index, text=text, finish_reason=delta.finish_reason, logprobs=logprobs
                 )
             )
         if choices:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from loragate.server.engine.protocol import Engine, EngineDeadError
+from loragate.server.engine.protocol import Engine, EngineDeadError, EngineRequestError
 from loragate.server.engine.types import (
     AdapterRef,
     FinishReason,
@@ -16,7 +16,7 @@ from loragate.server.engine.types import (
     SamplingOptions,
     TokenLogprob,
 )
-from loragate.server.errors import EngineUnavailableError
+from loragate.server.errors import BadRequestError, EngineUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,20 @@ class Prepared:
     prompt_token_ids: list[int]
     options: SamplingOptions
     adapter: AdapterRef | None
+
+
+def prepare(
+    engine: Engine,
+    prompt_token_ids: list[int],
+    options: SamplingOptions,
+    adapter: AdapterRef | None,
+) -> Prepared:
+    """Check the options with the engine now, so a refusal is a 400 before any stream starts."""
+    try:
+        engine.check_options(options)
+    except EngineRequestError as exc:
+        raise BadRequestError(str(exc), param=exc.param) from exc
+    return Prepared(prompt_token_ids, options, adapter)
 
 
 @dataclass
@@ -63,6 +77,8 @@ async def stream_updates(
                 yield update
     except EngineDeadError as exc:
         raise EngineUnavailableError(f"The engine is not available: {exc}") from exc
+    except EngineRequestError as exc:
+        raise BadRequestError(str(exc), param=exc.param) from exc
 
 
 async def generate_all(engine: Engine, prepared: Prepared, request_id: str) -> GenerationResult:

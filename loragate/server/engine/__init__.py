@@ -1,6 +1,6 @@
 """What the HTTP layer may ask of an engine, and its implementations."""
 
-from loragate.server.engine.protocol import Engine, EngineDeadError
+from loragate.server.engine.protocol import Engine, EngineDeadError, EngineRequestError
 from loragate.server.engine.types import (
     AdapterRef,
     ChoiceDelta,
@@ -15,6 +15,7 @@ __all__ = [
     "ChoiceDelta",
     "Engine",
     "EngineDeadError",
+    "EngineRequestError",
     "FinishReason",
     "GenerationUpdate",
     "SamplingOptions",

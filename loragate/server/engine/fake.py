@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loragate.server.engine.protocol import EngineDeadError
+from loragate.server.engine.protocol import EngineDeadError, EngineRequestError
 from loragate.server.engine.types import (
     AdapterRef,
     ChoiceDelta,
@@ -153,6 +153,10 @@ class FakeEngine:
 
     def num_unfinished_requests(self) -> int:
         return len(self.running)
+
+    def check_options(self, options: SamplingOptions) -> None:
+        if options.n > 1 and options.temperature == 0:
+            raise EngineRequestError("n must be 1 when using greedy sampling", "n")
 
     def generation_defaults(self) -> dict[str, float]:
         return {}

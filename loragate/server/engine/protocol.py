@@ -12,6 +12,14 @@ class EngineDeadError(RuntimeError):
     """The engine cannot serve any more requests."""
 
 
+class EngineRequestError(ValueError):
+    """The engine refuses the request's parameters (a client error)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 class ChatTokenizer(Protocol):
     """The slice of a Hugging Face tokenizer the gateway uses."""
 
@@ -42,6 +50,10 @@ class Engine(Protocol):
         adapter: AdapterRef | None = None,
     ) -> AsyncGenerator[GenerationUpdate, None]:
         """Yield incremental updates; closing the iterator early aborts the request."""
+        ...
+
+    def check_options(self, options: SamplingOptions) -> None:
+        """Raise EngineRequestError for options the engine would refuse."""
         ...
 
     def generation_defaults(self) -> dict[str, float]:

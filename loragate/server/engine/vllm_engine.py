@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
-from loragate.server.engine.protocol import ChatTokenizer, EngineDeadError
+from loragate.server.engine.protocol import ChatTokenizer, EngineDeadError, EngineRequestError
 from loragate.server.engine.types import (
     AdapterRef,
     ChoiceDelta,
@@ -77,15 +77,17 @@ class VllmEngine:
         request_id: str,
         adapter: AdapterRef | None = None,
     ) -> AsyncGenerator[GenerationUpdate, None]:
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
 
+        params = self._checked_params(options)
         finished = False
         first = True
         try:
             stream = self._llm.generate(
                 TokensPrompt(prompt_token_ids=prompt_token_ids),
-                _sampling_params(options),
+                params,
                 request_id,
                 lora_request=_lora_request(adapter),
             )
@@ -95,9 +97,22 @@ class VllmEngine:
                 first = False
         except VllmDeadError as exc:
             raise EngineDeadError(str(exc)) from exc
+        except VLLMClientError as exc:
+            raise EngineRequestError(str(exc), getattr(exc, "parameter", None)) from exc
         finally:
             if not finished:
                 await self._llm.abort(request_id)
+
+    def check_options(self, options: SamplingOptions) -> None:
+        self._checked_params(options)
+
+    def _checked_params(self, options: SamplingOptions) -> Any:
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            return _sampling_params(options)
+        except VLLMClientError as exc:
+            raise EngineRequestError(str(exc), getattr(exc, "parameter", None)) from exc
 
     def generation_defaults(self) -> dict[str, float]:
         """Sampling defaults from the model's generation_config.json, as vLLM's server applies."""

@@ -13,7 +13,7 @@ from loragate.prompting import Message, render_prompt_ids
 from loragate.server.auth import require_api_key
 from loragate.server.engine.types import SamplingOptions
 from loragate.server.errors import BadRequestError
-from loragate.server.generation import Prepared, generate_all
+from loragate.server.generation import Prepared, generate_all, prepare
 from loragate.server.leases import open_lease
 from loragate.server.observability import new_request_id
 from loragate.server.protocol import LegacyPromptRequest
@@ -69,7 +69,7 @@ def _prepare(state: AppState, target: ModelTarget, body: LegacyPromptRequest) ->
         top_k=defaults.top_k or 0,
         repetition_penalty=defaults.repetition_penalty or 1.0,
     )
-    return Prepared(ids, options, target.adapter)
+    return prepare(state.engine, ids, options, target.adapter)
 
 
 def _first(*values: float | None) -> float:
