@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from loragate.cli_settings import add_settings_arguments, settings_from_arguments
 from loragate.settings import ServerSettings
@@ -15,6 +17,8 @@ Handler = Callable[[argparse.Namespace], int]
 def _serve(args: argparse.Namespace) -> int:
     from loragate.serve import run_server
 
+    if args.config is not None:
+        os.environ["LORAGATE_CONFIG"] = str(args.config)  # read by the settings' TOML source
     run_server(settings_from_arguments(ServerSettings, args))
     return 0
 
@@ -38,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the gateway. Every flag also reads LORAGATE_<NAME> from the environment "
         "and from a TOML file named by LORAGATE_CONFIG; flags win.",
     )
+    serve.add_argument(
+        "--config", type=Path, help="TOML file of settings (keys as the flags, with underscores)"
+    )
     add_settings_arguments(serve, ServerSettings)
     serve.set_defaults(handler=_serve)
     prepare = sub.add_parser(
@@ -54,9 +61,11 @@ def _extra_commands() -> list[
     Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
 ]:
     """Commands that live beside their feature (training, clients, benchmarks)."""
+    from loragate.adapters.training.cli import add_train_command
     from loragate.clients.chat import register_chat_command
+    from loragate.download import add_download_command
 
-    return [register_chat_command]
+    return [register_chat_command, add_train_command, add_download_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
