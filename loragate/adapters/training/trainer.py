@@ -161,14 +161,14 @@ def _checkpoint_to_resume(settings: TrainSettings) -> str | None:
 
 
 def train_persona(settings: TrainSettings) -> TrainResult:
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer
-
     started = time.monotonic()
     data = load_dataset(
         settings.data_path, skip_bad_rows=settings.skip_bad_rows, max_rows=settings.max_rows
     )
     for problem in data.skipped:
         print(f"Skipping {problem}")
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer  # after data checks
+
     model_path, base_name = resolve_base_model(settings.base_model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:  # Llama-3.1 has none; padding is masked out anyway
