@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python scripts/isolation_check.py repro   # base requests batched beside an adapter
     PYTHONPATH=. python scripts/isolation_check.py bench   # 16 concurrent requests, one adapter
+    PYTHONPATH=. python scripts/isolation_check.py ops     # the ops alone, vLLM's vs isolated
 
 loragate's plugin (loragate.isolation) is on by default; VLLM_PLUGINS=lora_filesystem_resolver (a
 list without `loragate_lora_isolation`) turns it off, which shows the bug.
@@ -113,14 +114,50 @@ async def bench(requests: int, max_tokens: int) -> None:
         llm.shutdown()
 
 
+def ops(tokens: int = 16, hidden: int = 576, out: int = 1536, rank: int = 16) -> None:
+    """Time one shrink+expand pair (the default model's MLP shapes), vLLM's op and the wrapper."""
+    import inspect
+
+    import torch
+    from vllm.lora.ops.torch_ops import lora_ops
+
+    from loragate.isolation import isolated
+
+    torch.set_num_threads(1)
+    shrink, expand = (inspect.unwrap(getattr(lora_ops, n)) for n in ("bgmv_shrink", "bgmv_expand"))
+    x = torch.randn(tokens, hidden, dtype=torch.bfloat16)
+    lora_a = torch.randn(4, 1, rank, hidden, dtype=torch.bfloat16)
+    lora_b = torch.randn(4, 1, out, rank, dtype=torch.bfloat16)
+
+    def pair(s: Any, e: Any, indices: Any) -> None:
+        buffer, y = torch.zeros(tokens, rank), torch.zeros(tokens, out, dtype=torch.bfloat16)
+        s(x, lora_a, buffer, indices, 1.0)
+        e(buffer, lora_b, y, indices, True)
+
+    every = torch.zeros(tokens, dtype=torch.long)
+    half = torch.tensor([0, -1] * (tokens // 2))
+    variants = {"vLLM": (shrink, expand), "isolated": (isolated(shrink), isolated(expand))}
+    for label, indices in [("every token on the adapter", every), ("half on the base", half)]:
+        best = dict.fromkeys(variants, float("inf"))
+        for _ in range(7):  # interleaved rounds, best of each: the machine is shared and noisy
+            for name, (s, e) in variants.items():
+                start, n = time.perf_counter(), 300
+                for _ in range(n):
+                    pair(s, e, indices)
+                best[name] = min(best[name], (time.perf_counter() - start) / n * 1e6)
+        print(f"{label}: " + ", ".join(f"{k} {v:.0f} us" for k, v in best.items()))
+
+
 if __name__ == "__main__":  # AsyncLLM spawns its engine core: the guard is required
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["repro", "bench"])
+    parser.add_argument("mode", choices=["repro", "bench", "ops"])
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
     opts = parser.parse_args()
     print(f"VLLM_PLUGINS={os.environ.get('VLLM_PLUGINS', '(unset: all plugins)')}")
     if opts.mode == "repro":
         asyncio.run(repro())
-    else:
+    elif opts.mode == "bench":
         asyncio.run(bench(opts.requests, opts.max_tokens))
+    else:
+        ops()
