@@ -121,7 +121,12 @@ def add_download_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
         f"short names: {', '.join(KNOWN_MODELS)} (mapped to each hub's id).",
     )
     parser.add_argument("model", metavar="MODEL", help="repo id or known short name")
-    parser.add_argument("--source", choices=["modelscope", "hf"], default="modelscope")
+    parser.add_argument(
+        "--source",
+        choices=["modelscope", "hf"],
+        default="modelscope",
+        help="the hub: ModelScope (the tutorial's, default) or Hugging Face",
+    )
     parser.add_argument("--dir", type=Path, default=Path("models"), help="default: ./models")
     parser.add_argument("--revision", default=None, help="branch, tag or commit")
     parser.add_argument("--endpoint", default=None, help="hub URL or mirror to use instead")

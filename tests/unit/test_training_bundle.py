@@ -54,3 +54,14 @@ def test_recipe_defaults_are_the_tutorials() -> None:
         "q_proj",
         "v_proj",
     ]
+
+
+def test_recipe_becomes_training_arguments(tmp_path: Path) -> None:
+    from loragate.adapters.training.trainer import training_arguments
+
+    settings = TrainSettings(data=Path("d.json"), checkpoint_dir=tmp_path, max_steps=7)
+    args = training_arguments(settings, bf16=False, has_eval=True)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 4)
+    assert (args.learning_rate, args.num_train_epochs, args.max_steps) == (1e-4, 3.0, 7)
+    assert args.gradient_checkpointing and (args.save_steps, args.eval_steps) == (100, 100)
+    assert args.output_dir == str(tmp_path) and not args.bf16
