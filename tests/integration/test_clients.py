@@ -1,0 +1,212 @@
+"""The clients of loragate.clients against the real session gateway (vLLM, the default model)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import operator
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk
+from pydantic import BaseModel, Field
+
+from loragate.clients import (
+    alist_personas,
+    async_gateway_client,
+    gateway_client,
+    list_personas,
+    served_base_model,
+)
+from loragate.clients.chat import Sampling, TerminalChat
+from loragate.clients.langchain import GatewayLLM, LLaMA3_1_LLM, gateway_chat_model
+from loragate.clients.legacy import LegacyRequestError, get_completion
+from tests.integration.client_support import persona_info, registered_persona
+from tests.integration.conftest import BASE_MODEL
+from tests.integration.gateway import Gateway
+
+PERSONA = "clients-scribe"
+DESCRIPTION = "A test persona of the client tests"
+FRANCE = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def persona(gateway: Gateway, workspace: Path) -> Iterator[str]:
+    with registered_persona(
+        gateway, workspace / "client-bundles", PERSONA, seed=11, description=DESCRIPTION
+    ) as name:
+        yield name
+
+
+def served(gateway: Gateway, name: str) -> int:
+    count: int = persona_info(gateway, name)["requests_served"]
+    return count
+
+
+def test_openai_client_from_the_environment(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LORAGATE_BASE_URL", gateway.url)  # bare host:port: /v1 is added
+    monkeypatch.delenv("LORAGATE_API_KEY", raising=False)
+    with gateway_client(max_retries=0, timeout=300) as client:
+        assert str(client.base_url) == f"{gateway.base_url}/"
+        reply = client.chat.completions.create(
+            model=BASE_MODEL, messages=[{"role": "user", "content": FRANCE}], temperature=0
+        )
+        assert "Paris" in (reply.choices[0].message.content or "")
+        stream = client.chat.completions.create(
+            model=BASE_MODEL,
+            messages=[{"role": "user", "content": FRANCE}],
+            temperature=0,
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert "Paris" in text
+
+
+async def test_async_openai_client_plain_and_streamed(gateway: Gateway, persona: str) -> None:
+    async with async_gateway_client(gateway.base_url, max_retries=0, timeout=300) as client:
+        reply = await client.chat.completions.create(
+            model=BASE_MODEL, messages=[{"role": "user", "content": FRANCE}], temperature=0
+        )
+        assert "Paris" in (reply.choices[0].message.content or "")
+        before = served(gateway, persona)
+        stream = await client.chat.completions.create(
+            model=persona,
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=16,
+            stream=True,
+        )
+        chunks = [chunk async for chunk in stream]
+        assert {c.model for c in chunks} == {persona}
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert served(gateway, persona) == before + 1
+        assert persona in [p.name for p in await alist_personas(client)]
+
+
+def test_personas_listed_with_their_details(gateway: Gateway, persona: str) -> None:
+    with gateway_client(gateway.base_url) as client:
+        listed = {p.name: p for p in list_personas(client)}
+        assert served_base_model(client) == BASE_MODEL
+    assert listed[persona].description == DESCRIPTION
+    assert listed[persona].state in ("registered", "loading", "loaded")
+
+
+def test_langchain_invoke_stream_and_batch_with_a_persona(gateway: Gateway, persona: str) -> None:
+    chat = gateway_chat_model(persona, base_url=gateway.base_url, temperature=0, max_tokens=32)
+    before = served(gateway, persona)
+
+    answer = chat.invoke("Name three colours.")
+    assert isinstance(answer, AIMessage) and isinstance(answer.content, str) and answer.content
+    assert answer.response_metadata["model_name"] == persona
+
+    chunks = list(chat.stream("Name three colours."))
+    assert len(chunks) > 2 and all(isinstance(c, AIMessageChunk) for c in chunks)
+    streamed = "".join(str(c.content) for c in chunks)
+    assert streamed[:8] == answer.content[:8]  # greedy; only late tokens may vary with batching
+    merged = functools.reduce(operator.add, chunks)
+    assert merged.usage_metadata is not None and merged.usage_metadata["output_tokens"] > 2
+
+    replies = chat.batch(["Say hello.", "Say goodbye.", "Count to three."])
+    assert len(replies) == 3 and all(r.content for r in replies)
+    assert served(gateway, persona) == before + 5
+
+
+def test_langchain_persona_per_call(gateway: Gateway, persona: str) -> None:
+    chat = gateway_chat_model(base_url=gateway.base_url, temperature=0, max_tokens=16)
+    assert chat.model_name == BASE_MODEL
+    base = chat.invoke("Say hello.")
+    chosen = chat.invoke("Say hello.", persona=persona)
+    assert base.response_metadata["model_name"] == BASE_MODEL
+    assert chosen.response_metadata["model_name"] == persona
+
+
+class City(BaseModel):
+    name: str = Field(max_length=40)
+    country: str = Field(max_length=40)
+
+
+def test_langchain_structured_output_with_a_persona(gateway: Gateway, persona: str) -> None:
+    chat = gateway_chat_model(persona, base_url=gateway.base_url, temperature=0, max_tokens=200)
+    before = served(gateway, persona)
+    city = chat.with_structured_output(City).invoke(
+        f"{FRANCE} Answer with the city and its country."
+    )
+    assert isinstance(city, City) and city.name and city.country
+    assert served(gateway, persona) == before + 1
+
+
+def test_tutorial_llm_class_over_http(gateway: Gateway, persona: str) -> None:
+    llm = LLaMA3_1_LLM(base_url=gateway.base_url, max_tokens=24, temperature=0)
+    assert isinstance(llm, GatewayLLM)
+    assert llm.invoke("你好")
+    assert "Paris" in llm.invoke(FRANCE)
+
+    before = served(gateway, persona)
+    scribe = GatewayLLM(persona=persona, base_url=gateway.base_url, max_tokens=24)
+    pieces = list(scribe.stream("Say hello."))
+    assert len(pieces) > 1 and "".join(pieces)
+    assert served(gateway, persona) == before + 1
+
+
+def test_legacy_get_completion(gateway: Gateway, persona: str) -> None:
+    assert get_completion("你好", url=gateway.legacy_url, max_new_tokens=24)
+    before = served(gateway, persona)
+    assert get_completion("你好", persona, url=gateway.legacy_url, max_new_tokens=24)
+    assert served(gateway, persona) == before + 1
+    with pytest.raises(LegacyRequestError) as refused:
+        get_completion("你好", "no-such-persona", url=gateway.legacy_url)
+    assert refused.value.status == 404
+    assert "no-such-persona" in refused.value.message and persona in refused.value.message
+
+
+def test_terminal_chat_as_a_command(gateway: Gateway, persona: str) -> None:
+    typed = "\n".join(
+        [
+            FRANCE,
+            "/personas",
+            f"/persona {persona}",
+            "Say hello.",
+            "/persona no-such-persona",
+            "/clear",
+            "/quit",
+        ]
+    )
+    args = ["--base-url", gateway.base_url, "--temperature", "0", "--max-tokens", "24"]
+    done = subprocess.run(
+        [sys.executable, "-m", "loragate.cli", "chat", *args],
+        input=typed,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    out = done.stdout
+    assert f"Chatting with {BASE_MODEL}" in out
+    assert f"{BASE_MODEL}> " in out and "Paris" in out
+    assert f"{persona}  (" in out and DESCRIPTION in out  # the /personas listing
+    assert f"(now talking to {persona})" in out and f"{persona}> " in out
+    assert "unknown persona 'no-such-persona'" in out
+    assert "(conversation cleared)" in out
+
+
+def test_terminal_chat_keeps_history_and_reports_errors(gateway: Gateway) -> None:
+    out = io.StringIO()
+    with gateway_client(gateway.base_url, max_retries=0, timeout=300) as client:
+        sampling = Sampling(temperature=0, max_tokens=16)
+        chat = TerminalChat(client, BASE_MODEL, sampling=sampling, out=out)
+        chat.handle("My name is Ada.")
+        chat.handle("What is my name?")
+        assert [m["role"] for m in chat.history] == ["user", "assistant"] * 2
+        assert all(m["content"] for m in chat.history)
+
+        chat.sampling = Sampling(temperature=5.0)  # out of range: the gateway refuses
+        chat.handle("Hello?")
+        assert "[error] Invalid value for 'temperature'" in out.getvalue()
+        assert len(chat.history) == 4  # the refused turn is not kept
+
+    chat.handle("/clear")
+    assert chat.history == []
