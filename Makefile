@@ -1,5 +1,5 @@
 # The two commands of the README: `make serve` and `make test`.
-.PHONY: serve test setup setup-test lint typecheck unit integration persona-demo bench bench-quick
+.PHONY: serve test setup setup-test lint typecheck unit integration persona-demo bench bench-quick bench-tools
 
 serve: setup
 	.venv/bin/loragate serve $(ARGS)
@@ -25,3 +25,17 @@ unit:
 
 integration:
 	.venv/bin/pytest tests/integration $(ARGS)
+
+# Benchmarks against vLLM's OpenAI server and the tutorial's server (see README, Performance).
+# The full run writes benchmarks/results/; it waits for a quiet machine (load < 0.7, no other
+# engine, training or test run) so that others' work does not distort the figures.
+bench: bench-tools
+	.venv/bin/python -m benchmarks --wait-quiet 0.7 $(ARGS)
+
+bench-quick: bench-tools
+	.venv/bin/python -m benchmarks --quick $(ARGS)
+
+# The bench extra (matplotlib, aiohttp), peft for the persona adapters, and Debian's wrk.
+bench-tools: setup-test
+	@command -v wrk >/dev/null || { s=""; [ "$$(id -u)" = 0 ] || s=sudo; \
+		$$s apt-get update -qq && $$s apt-get install -y -qq wrk >/dev/null; }

@@ -1,0 +1,73 @@
+"""loragate's real app over an engine that answers instantly: what the gateway itself costs.
+
+Everything but the engine is production: `create_app`, the middleware, the routers, the chat
+template rendered by the model's real tokenizer (its cost is the gateway's, not the engine's),
+openai-python's response types, SSE, and the same uvicorn setup as `loragate serve`. The engine
+is loragate's FakeEngine, replying a fixed number of tokens at once.
+
+    python -m benchmarks.instant_server --tokenizer MODEL_DIR --port 8123 --reply-tokens 16
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+from loragate.default_model import DEFAULT_MODEL_NAME
+from loragate.serve import serve_app
+from loragate.server.app import create_app
+from loragate.server.base_catalog import BaseModelCatalog
+from loragate.server.engine.fake import FakeEngine
+from loragate.server.engine.protocol import ChatTokenizer
+from loragate.server.observability import configure_logging
+from loragate.server.state import AppState
+from loragate.settings import ServerSettings
+
+
+class _NoHistory(list[Any]):
+    """FakeEngine keeps every request for tests to inspect; under load that only grows."""
+
+    def append(self, _: Any) -> None:
+        pass
+
+
+class InstantEngine(FakeEngine):
+    def __init__(self, tokenizer: ChatTokenizer, reply_tokens: int):
+        super().__init__(default_reply=(" word",) * reply_tokens, requests=_NoHistory())
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> ChatTokenizer:  # type: ignore[override]  # the real one, not chars
+        return self._tokenizer
+
+
+def instant_state(engine: InstantEngine, model_dir: str) -> Any:
+    @asynccontextmanager
+    async def factory(settings: ServerSettings) -> AsyncIterator[AppState]:
+        catalog = BaseModelCatalog(DEFAULT_MODEL_NAME, model_dir, engine.max_model_len)
+        yield AppState(settings=settings, engine=engine, catalog=catalog)
+
+    return factory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", required=True, help="the model directory")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--reply-tokens", type=int, default=16)
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    tokenizer = cast(ChatTokenizer, AutoTokenizer.from_pretrained(args.tokenizer))
+    engine = InstantEngine(tokenizer, args.reply_tokens)
+    settings = ServerSettings.model_construct(port=args.port, legacy_port=0, log_level="warning")
+    # `loragate.serve.run_server`, with this state factory instead of vLLM's.
+    configure_logging(settings.log_level)
+    serve_app(create_app(settings, instant_state(engine, args.tokenizer)), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""What a run measures: the full plan behind the committed results, and a quick one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BASE = "base"
+PERSONA = "persona"
+MIX4 = "mix4"
+MIX8 = "mix8"
+WORKLOAD_TITLES = {
+    BASE: "base model",
+    PERSONA: "one persona",
+    MIX4: "4 personas mixed",
+    MIX8: "8 personas mixed",
+}
+PERSONA_COUNTS = {BASE: 0, PERSONA: 1, MIX4: 4, MIX8: 8}
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    concurrencies: tuple[int, ...]
+    workloads: tuple[str, ...]
+    input_tokens: int  # the user message, in the model's tokens
+    output_tokens: int  # every request: ignore_eos with this many max tokens
+    waves: int  # requests per level = max(min_requests, waves * concurrency)
+    min_requests: int
+    tutorial_requests: dict[int, int]  # concurrency -> requests, for the slow tutorial server
+    cold_trials: int  # cold personas whose first request is timed against a warm one
+    overhead_concurrencies: tuple[int, ...]
+    overhead_seconds: int  # each wrk run
+    overhead_reply_tokens: int
+
+    def requests_at(self, concurrency: int) -> int:
+        return max(self.min_requests, self.waves * concurrency)
+
+    @property
+    def personas_needed(self) -> int:
+        return max(PERSONA_COUNTS[w] for w in self.workloads)
+
+
+FULL = Plan(
+    name="full",
+    concurrencies=(1, 4, 16, 64),
+    workloads=(BASE, PERSONA, MIX4, MIX8),
+    input_tokens=128,
+    output_tokens=128,
+    waves=2,
+    min_requests=8,
+    tutorial_requests={1: 4, 16: 16},
+    cold_trials=5,
+    overhead_concurrencies=(1, 64),
+    overhead_seconds=15,
+    overhead_reply_tokens=16,
+)
+
+QUICK = Plan(
+    name="quick",
+    concurrencies=(1, 16),
+    workloads=(BASE, PERSONA, MIX8),
+    input_tokens=64,
+    output_tokens=32,
+    waves=1,
+    min_requests=4,
+    tutorial_requests={1: 2, 16: 16},
+    cold_trials=2,
+    overhead_concurrencies=(1, 64),
+    overhead_seconds=4,
+    overhead_reply_tokens=16,
+)
