@@ -72,8 +72,11 @@ async def _warm_up(session: aiohttp.ClientSession, url: str, models: Sequence[st
         record = await send(session, url, chat_body(model, "Hello!", WARMUP_TOKENS, True))
         if not record.ok:
             raise RuntimeError(f"warm-up request to {model} failed: {record.error}")
-    burst = [chat_body(models[0], f"Say {i}.", WARMUP_TOKENS, True) for i in range(8)]
-    await run_level(session, url, burst, 8)
+    # Then a batch of them together: the first batched steps (and LoRA ones) pay once too.
+    burst = [
+        chat_body(models[i % len(models)], f"Say {i}.", WARMUP_TOKENS, True) for i in range(16)
+    ]
+    await run_level(session, url, burst, 16)
 
 
 async def _levels(

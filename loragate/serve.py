@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from loragate.server.app import create_app
 from loragate.server.observability import configure_logging
@@ -17,7 +17,10 @@ logger = logging.getLogger(__name__)
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns on TCP_NODELAY only for sockets whose protocol says TCP.
+    # Without it a small write (a JSON body after its headers, an SSE event) waits for the
+    # client's delayed ACK: about 40 ms per response.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
@@ -33,11 +36,17 @@ def listening_sockets(settings: ServerSettings) -> list[socket.socket]:
 
 def run_server(settings: ServerSettings) -> None:
     configure_logging(settings.log_level)
+    serve_app(create_app(settings), settings)
+
+
+def serve_app(app: ASGIApp, settings: ServerSettings) -> None:
+    """Serve `app` on the settings' ports (the benchmark's instant-engine server uses it too)."""
     sockets = listening_sockets(settings)
-    app = create_app(settings)
     config = uvicorn.Config(
         app, log_level=settings.log_level, timeout_graceful_shutdown=5, access_log=False
     )
     ports = ", ".join(str(s.getsockname()[1]) for s in sockets)
     logger.info("listening on %s port(s) %s", settings.host, ports)
-    asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+    # Server.run, not asyncio.run(serve()): it builds uvicorn's event loop (uvloop when
+    # installed, as with the `uvicorn` command); asyncio.run would always use the slower default.
+    uvicorn.Server(config).run(sockets=sockets)
