@@ -10,13 +10,14 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, cast
 
 from loragate.cli_settings import add_settings_arguments, settings_from_arguments
 from loragate.clients.openai_client import GatewaySettings
 
 if TYPE_CHECKING:
     import openai
+    from openai.types.chat import ChatCompletionMessageParam
 
     from loragate.clients.openai_client import PersonaInfo
 
@@ -104,9 +105,9 @@ class TerminalChat:
         for persona in list_personas(self.client):
             self.say(f"{'*' if self.model == persona.name else ' '} {_describe(persona)}")
 
-    def _messages(self) -> list[dict[str, str]]:
+    def _messages(self) -> list[ChatCompletionMessageParam]:
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return system + self.history
+        return cast("list[ChatCompletionMessageParam]", system + self.history)
 
     def reply(self, text: str) -> None:
         """Stream the reply to `text`; keep both turns unless the request failed."""
@@ -128,7 +129,7 @@ class TerminalChat:
     def _stream_into(self, parts: list[str]) -> None:
         stream = self.client.chat.completions.create(
             model=self.model,
-            messages=self._messages(),  # type: ignore[arg-type]
+            messages=self._messages(),
             stream=True,
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 import io
 import operator
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk
 from pydantic import BaseModel, Field
@@ -39,6 +42,16 @@ def persona(gateway: Gateway, workspace: Path) -> Iterator[str]:
         gateway, workspace / "client-bundles", PERSONA, seed=11, description=DESCRIPTION
     ) as name:
         yield name
+
+
+def engine_idle(gateway: Gateway, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if httpx.get(f"{gateway.base_url}/engine/status", timeout=10).json()["unfinished_requests"]:
+            time.sleep(0.2)
+        else:
+            return True
+    return False
 
 
 def served(gateway: Gateway, name: str) -> int:
@@ -210,3 +223,28 @@ def test_terminal_chat_keeps_history_and_reports_errors(gateway: Gateway) -> Non
 
     chat.handle("/clear")
     assert chat.history == []
+
+
+def test_terminal_chat_ctrl_c_stops_a_reply(gateway: Gateway) -> None:
+    args = ["--base-url", gateway.base_url, "--temperature", "0", "--max-tokens", "1000"]
+    chat = subprocess.Popen(
+        [sys.executable, "-u", "-m", "loragate.cli", "chat", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert chat.stdin is not None and chat.stdout is not None
+    try:
+        chat.stdin.write("Write a very long story about a lighthouse keeper.\n")
+        chat.stdin.flush()
+        seen = ""
+        while f"{BASE_MODEL}> " not in seen or len(seen.split(f"{BASE_MODEL}> ")[1]) < 30:
+            seen += chat.stdout.read(1)
+        chat.send_signal(signal.SIGINT)
+        assert engine_idle(gateway, within_s=20), "the reply went on after Ctrl-C"
+        out, _ = chat.communicate("/quit\n", timeout=60)
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+    assert " [stopped]" in seen + out
+    assert chat.returncode == 0

@@ -103,6 +103,9 @@ async function loadPersonas() {
   }
   const available = [...els.persona.options].filter((o) => !o.disabled).map((o) => o.value);
   els.persona.value = available.includes(wanted) ? wanted : (available[0] || "");
+  if (previous && els.persona.value !== previous) {
+    addNote(`${previous} is no longer available: now talking to ${els.persona.value}`, "info");
+  }
   // Reloading the list keeps the user's settings unless the persona itself changed.
   showPersona(els.persona.value !== previous);
 }
@@ -272,6 +275,7 @@ async function sendMessage(text) {
       }
     });
     finishReply(reply, content, finish === "length" ? "length" : "done", usage, started);
+    loadPersonas().catch(() => {});  // fresh counters (requests served) in the persona card
   } catch (err) {
     if (err.name === "AbortError") {
       finishReply(reply, content, "stopped", usage, started);
@@ -377,7 +381,9 @@ async function start() {
     await loadPersonas();
     document.body.dataset.ready = "true";
   } catch (err) {
-    addNote(`Cannot list the personas: ${err.message}`, "error");
+    const hint = err.status === 401 ? " Enter the gateway's key in the settings." : "";
+    addNote(`Cannot list the personas: ${err.message}${hint}`, "error");
+    if (err.status === 401) openSettings(true);
     document.body.dataset.ready = "error";
   }
 }
