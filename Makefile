@@ -39,3 +39,15 @@ bench-quick: bench-tools
 bench-tools: setup-test
 	@command -v wrk >/dev/null || { s=""; [ "$$(id -u)" = 0 ] || s=sudo; \
 		$$s apt-get update -qq && $$s apt-get install -y -qq wrk >/dev/null; }
+
+# The longer documented persona run (not in CI; README, "Training a persona"): trains Zhen Huan
+# on the embedded model on the CPU (75 steps, about 26 minutes on a busy 2-core machine), then
+# serves it and checks that 你是谁？ is answered as 甄嬛 while the base model's answer is not.
+persona-demo: setup-test
+	.venv/bin/loragate train --data ../shared/data/huanhuan.json --name zhenhuan \
+		--output artifacts/personas/zhenhuan \
+		--system-prompt "现在你要扮演皇帝身边的女人--甄嬛" \
+		--description "Zhen Huan (甄嬛), from Empresses in the Palace" \
+		--max-rows 100 --epochs 3 --batch-size 4 --gradient-accumulation 1 \
+		--learning-rate 1e-3 --no-gradient-checkpointing --save-steps 25 --threads 1 $(ARGS)
+	.venv/bin/python scripts/persona_demo.py artifacts/personas
