@@ -16,7 +16,7 @@ from openai.types.completion_usage import CompletionUsage
 from loragate.prompting import Message, render_prompt_ids
 from loragate.server.engine.protocol import Engine
 from loragate.server.engine.types import TokenLogprob
-from loragate.server.generation import Prepared, generate_all, prepare, stream_updates
+from loragate.server.generation import Prepared, generate_all, prepare, stream_updates, usage
 from loragate.server.protocol import ChatCompletionRequest
 from loragate.server.sampling import completion_budget, sampling_options
 from loragate.server.targets import ModelTarget, SamplingDefaults
@@ -64,14 +64,6 @@ def _token_logprobs(entries: list[TokenLogprob]) -> list[ChatCompletionTokenLogp
     ]
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
-    return CompletionUsage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )
-
-
 async def chat_completion(
     engine: Engine, prepared: Prepared, model_name: str, request_id: str
 ) -> ChatCompletion:
@@ -93,7 +85,7 @@ async def chat_completion(
         created=int(time.time()),
         model=model_name,
         choices=choices,
-        usage=_usage(result.prompt_tokens, result.completion_tokens),
+        usage=usage(result.prompt_tokens, result.completion_tokens),
     )
 
 
@@ -145,4 +137,4 @@ async def chat_stream(
         if choices:
             yield chunk(choices)
     if include_usage:
-        yield chunk([], _usage(len(prepared.prompt_token_ids), completion_tokens))
+        yield chunk([], usage(len(prepared.prompt_token_ids), completion_tokens))

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 from openai.types import Completion, CompletionChoice
 from openai.types.completion_choice import Logprobs
-from openai.types.completion_usage import CompletionUsage
 
 from loragate.server.engine.protocol import Engine
 from loragate.server.engine.types import GenerationUpdate, TokenLogprob
@@ -20,6 +19,7 @@ from loragate.server.generation import (
     merge,
     prepare,
     stream_updates,
+    usage,
 )
 from loragate.server.protocol import CompletionRequest
 from loragate.server.sampling import completion_budget, completion_logprobs, sampling_options
@@ -122,11 +122,7 @@ async def completion(
         created=int(time.time()),
         model=model_name,
         choices=choices,
-        usage=CompletionUsage(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        ),
+        usage=usage(prompt_tokens, completion_tokens),
     )
 
 
@@ -189,9 +185,5 @@ async def completion_stream(
             created=created,
             model=model_name,
             choices=[],
-            usage=CompletionUsage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
+            usage=usage(prompt_tokens, completion_tokens),
         )

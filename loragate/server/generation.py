@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from openai.types.completion_usage import CompletionUsage
+
 from loragate.server.engine.protocol import Engine, EngineDeadError, EngineRequestError
 from loragate.server.engine.types import (
     AdapterRef,
@@ -19,6 +21,14 @@ from loragate.server.engine.types import (
 from loragate.server.errors import BadRequestError, EngineUnavailableError
 
 logger = logging.getLogger(__name__)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import TypeVar
 
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.requests import Request
 
 from loragate.server.state import catalog
+from loragate.server.streaming import EventStreamResponse, sse_events, until_disconnect
 from loragate.server.targets import ModelTarget
+
+P = TypeVar("P")
 
 
 async def open_lease(request: Request, model: str | None) -> tuple[ModelTarget, AsyncExitStack]:
@@ -22,3 +28,27 @@ async def released_after(stream: AsyncIterator[str], stack: AsyncExitStack) -> A
     async with stack:
         async for item in stream:
             yield item
+
+
+async def respond(
+    request: Request,
+    model: str | None,
+    *,
+    stream: bool,
+    prepare: Callable[[ModelTarget], P],
+    whole: Callable[[P, ModelTarget], Awaitable[BaseModel]],
+    chunks: Callable[[P, ModelTarget], AsyncIterator[BaseModel]],
+) -> Response:
+    """Lease the model, prepare the request (errors are plain HTTP errors), then answer it whole
+    or as SSE; the lease lasts until the last byte, and a departed client cancels the work."""
+    target, lease = await open_lease(request, model)
+    try:
+        prepared = prepare(target)
+    except BaseException:
+        await lease.aclose()
+        raise
+    if stream:
+        return EventStreamResponse(released_after(sse_events(chunks(prepared, target)), lease))
+    async with lease:
+        result = await until_disconnect(request, whole(prepared, target))
+    return JSONResponse(result.model_dump(mode="json", exclude_unset=True))
