@@ -180,11 +180,12 @@ class PersonaRegistry:
             del self._current[name]
             logger.info("persona '%s' %s unpublished", name, persona.version)
             draining = list(self._draining[name])
-            task = asyncio.create_task(self._retire(persona))
-            self._track(name, task)
-        if wait:
+            if persona.adapter is not None:  # else it was refused before reaching the engine
+                draining.append(asyncio.create_task(self._retire(persona)))
+                self._track(name, draining[-1])
+        if wait and draining:
             # Shielded: a client that hangs up does not leave the adapter half removed.
-            await asyncio.shield(asyncio.gather(task, *draining))
+            await asyncio.shield(asyncio.gather(*draining))
 
     async def preload(self) -> None:
         for persona in self.personas()[: self._capacity]:

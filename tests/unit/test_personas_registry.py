@@ -276,6 +276,18 @@ async def test_watched_bundle_that_does_not_validate_is_listed_as_failed(
         assert info.state == "failed" and "DoRA" in (info.error or "")
 
 
+async def test_a_failed_persona_can_be_deleted(
+    root: Path, engine: CountingEngine, model_dir: Path
+) -> None:
+    async with watching(root, engine, model_dir) as (registry, personas_dir):
+        write_adapter(personas_dir / "broken", bias="all")
+        await wait_until(lambda: registry.find("broken") is not None)
+        await registry.delete("broken")
+        assert registry.find("broken") is None
+        shutil.rmtree(personas_dir / "broken")
+        await asyncio.sleep(0.15)  # the watcher sees it gone: nothing left to unregister
+
+
 async def test_preload_and_cli_personas_at_start(
     root: Path, engine: CountingEngine, model_dir: Path
 ) -> None:
