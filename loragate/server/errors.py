@@ -71,6 +71,13 @@ class ConflictError(GatewayError):
     type = "conflict_error"
 
 
+class ClientClosedRequestError(GatewayError):
+    """Nobody reads this response; the status is nginx's 499 for access logs."""
+
+    status = 499
+    type = "client_closed_request"
+
+
 class EngineUnavailableError(GatewayError):
     status = 503
     type = "service_unavailable_error"

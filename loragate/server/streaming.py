@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from loragate.server.errors import GatewayError, error_envelope
+from loragate.server.errors import ClientClosedRequestError, GatewayError, error_envelope
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,9 +72,11 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
         if not task.done():
             task.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        # Waiting for the cancelled work lets its cleanup (the engine abort) finish first.
+        await asyncio.gather(task, watcher, return_exceptions=True)
     if task.cancelled():
-        raise asyncio.CancelledError("client disconnected")
+        logger.info("client disconnected; its request was aborted")
+        raise ClientClosedRequestError("The client closed the connection before the reply.")
     return task.result()
 
 
