@@ -28,6 +28,7 @@ class RequestRecord:
     ttft: float | None = None  # seconds to the first content token (whole answer if unstreamed)
     itl: list[float] = field(default_factory=list)  # gaps between content chunks, seconds
     output_tokens: int = 0
+    prompt_tokens: int = 0  # as the server counted them (`usage`): checks every server's prompt
     error: str | None = None
 
     @property
@@ -41,9 +42,14 @@ class LevelRun:
     wall_s: float
 
 
-def client_session() -> aiohttp.ClientSession:
+def client_session(keep_alive: bool = True) -> aiohttp.ClientSession:
+    """`keep_alive=False` opens a connection per request, as the tutorial's `requests.post` does.
+
+    The tutorial's server blocks its event loop while it generates; a request sent on a kept-alive
+    connection can then meet the server's keep-alive timeout first and be reset.
+    """
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        connector=aiohttp.TCPConnector(limit=0, force_close=not keep_alive),
         timeout=aiohttp.ClientTimeout(total=None, sock_read=900),
     )
 
@@ -83,7 +89,7 @@ async def send(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -
 async def _read_stream(response: aiohttp.ClientResponse, record: RequestRecord) -> None:
     last_token_at: float | None = None
     chunks = 0
-    usage_tokens: int | None = None
+    usage: dict[str, int] = {}
     async for raw in response.content:
         line = raw.strip()
         if not line.startswith(b"data:"):
@@ -97,7 +103,7 @@ async def _read_stream(response: aiohttp.ClientResponse, record: RequestRecord) 
             record.error = str(event["error"].get("message"))[:200]
             return
         if event.get("usage"):
-            usage_tokens = event["usage"].get("completion_tokens")
+            usage = event["usage"]
         if not any(c.get("delta", {}).get("content") for c in event.get("choices") or []):
             continue
         chunks += 1
@@ -106,12 +112,16 @@ async def _read_stream(response: aiohttp.ClientResponse, record: RequestRecord) 
         else:
             record.itl.append(now - last_token_at)
         last_token_at = now
-    record.output_tokens = usage_tokens if usage_tokens is not None else chunks
+    record.output_tokens = usage.get("completion_tokens", chunks)
+    record.prompt_tokens = usage.get("prompt_tokens", 0)
     record.ok = record.ttft is not None
+    if not record.ok:
+        record.error = "the stream carried no content"
 
 
 def _read_whole(data: dict[str, Any], record: RequestRecord) -> None:
     record.end = time.perf_counter()
     record.ttft = record.end - record.start  # the first token arrives with the last
     record.output_tokens = int(data["usage"]["completion_tokens"])
+    record.prompt_tokens = int(data["usage"]["prompt_tokens"])
     record.ok = True

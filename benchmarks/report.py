@@ -51,9 +51,9 @@ def _serving_table(levels: list[LevelResult], workload: str) -> list[str]:
     lines = [
         f"### {WORKLOAD_TITLES[workload]}",
         "",
-        "| server | concurrency | requests | errors | req/s | output tok/s | vs vLLM "
+        "| server | concurrency | requests | errors | prompt tok | req/s | output tok/s | vs vLLM "
         "| TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for level in sorted(rows, key=lambda r: (r.concurrency, r.server != LORAGATE, r.server)):
         ref = vllm.get(level.concurrency)
@@ -64,7 +64,8 @@ def _serving_table(levels: list[LevelResult], workload: str) -> list[str]:
         )
         lines.append(
             f"| {SERVER_TITLES[level.server]} | {level.concurrency} | {level.requests} "
-            f"| {level.errors} | {level.requests_per_s:.2f} | {level.output_tokens_per_s:.1f} "
+            f"| {level.errors} | {level.mean_prompt_tokens:.0f} | {level.requests_per_s:.2f} "
+            f"| {level.output_tokens_per_s:.1f} "
             f"| {ratio} | {_ms(level.ttft_p50_ms)} | {_ms(level.ttft_p95_ms)} "
             f"| {_ms(level.itl_p50_ms)} | {_ms(level.itl_p95_ms)} |"
         )

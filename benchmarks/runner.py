@@ -66,15 +66,17 @@ def _url(server: RunningServer) -> str:
     return f"{server.url}/v1/chat/completions"
 
 
-async def _warm_up(session: aiohttp.ClientSession, url: str, models: Sequence[str]) -> None:
+async def _warm_up(
+    session: aiohttp.ClientSession, url: str, models: Sequence[str], stream: bool
+) -> None:
     """First requests pay for lazy initialisation and adapter loads: keep them out of levels."""
     for model in models:
-        record = await send(session, url, chat_body(model, "Hello!", WARMUP_TOKENS, True))
+        record = await send(session, url, chat_body(model, "Hello!", WARMUP_TOKENS, stream))
         if not record.ok:
             raise RuntimeError(f"warm-up request to {model} failed: {record.error}")
     # Then a batch of them together: the first batched steps (and LoRA ones) pay once too.
     burst = [
-        chat_body(models[i % len(models)], f"Say {i}.", WARMUP_TOKENS, True) for i in range(16)
+        chat_body(models[i % len(models)], f"Say {i}.", WARMUP_TOKENS, stream) for i in range(16)
     ]
     await run_level(session, url, burst, 16)
 
@@ -82,11 +84,12 @@ async def _warm_up(session: aiohttp.ClientSession, url: str, models: Sequence[st
 async def _levels(
     ctx: Context, server: RunningServer, workloads: Sequence[str], requests: dict[int, int]
 ) -> list[LevelResult]:
-    stream = server.spec.name != TUTORIAL  # the tutorial's design cannot stream
+    # The tutorial's design cannot stream, and its client opened a connection per request.
+    stream = keep_alive = server.spec.name != TUTORIAL
     results = []
-    async with client_session() as session:
+    async with client_session(keep_alive) as session:
         models = sorted({m for w in workloads for m in workload_models(w, DEFAULT_MODEL_NAME)})
-        await _warm_up(session, _url(server), [DEFAULT_MODEL_NAME, *models])
+        await _warm_up(session, _url(server), [DEFAULT_MODEL_NAME, *models], stream)
         for workload in workloads:
             for concurrency, count in requests.items():
                 prompts = ctx.prompts(workload, concurrency, count)

@@ -37,6 +37,7 @@ class LevelResult:
     itl_p95_ms: float
     latency_p50_ms: float
     mean_output_tokens: float
+    mean_prompt_tokens: float
     first_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def summarise(server: str, workload: str, concurrency: int, run: LevelRun) -> Le
         itl_p95_ms=percentile(itls, 95),
         latency_p50_ms=percentile([r.latency * 1000 for r in good], 50),
         mean_output_tokens=tokens / len(good) if good else 0.0,
+        mean_prompt_tokens=sum(r.prompt_tokens for r in good) / len(good) if good else 0.0,
         first_error=bad[0].error if bad else None,
     )
 

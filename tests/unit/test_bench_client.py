@@ -76,6 +76,9 @@ def test_streamed_requests_time_the_first_content_token_and_each_gap(live_fake: 
         assert record.output_tokens == 3  # from the usage chunk
         assert len(record.itl) == 2  # three content chunks, two gaps
         assert record.ttft is not None and 0 < record.ttft <= record.latency
+    assert sorted(r.prompt_tokens for r in run.records) == sorted(
+        len(p) for p, _, _ in fake.requests
+    )
     sent = [options for _, options, _ in fake.requests]
     assert all(o.ignore_eos and o.max_tokens == 3 and o.temperature == 0 for o in sent)
 

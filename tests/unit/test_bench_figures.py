@@ -41,7 +41,7 @@ def test_summarise_counts_tokens_over_wall_time_and_keeps_errors_apart() -> None
 
 
 def _level(server: str, workload: str, c: int, tok_s: float, ttft: float) -> LevelResult:
-    return LevelResult(server, workload, c, 10, 0, 1.0, 1.0, tok_s, ttft, ttft, 5, 5, 100, 32)
+    return LevelResult(server, workload, c, 10, 0, 1.0, 1.0, tok_s, ttft, ttft, 5, 5, 100, 32, 90)
 
 
 def test_targets_pass_and_fail_on_the_measured_figures() -> None:
@@ -119,6 +119,6 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     text = report.read_text()
     assert text == markdown(results, plots)
     assert "| **PASS** | base model, concurrency 1: loragate output tokens/s" in text
-    assert "| loragate | 16 | 10 | 0 | 1.00 | 1600.0 | 1.00 x |" in text
+    assert "| loragate | 16 | 10 | 0 | 90 | 1.00 | 1600.0 | 1.00 x |" in text
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["levels"][0]["server"] == LORAGATE and len(saved["targets"]) == len(results.checks)
