@@ -121,7 +121,7 @@ async def chat_stream(
         choices = []
         for delta in update.choices:
             completion_tokens += len(delta.token_ids)
-            if not delta.text and delta.finish_reason is None:
+            if not (delta.text or delta.logprobs or delta.finish_reason):  # held-back bytes
                 continue
             logprobs = None
             if delta.logprobs is not None:

@@ -6,7 +6,7 @@ since each start costs about 30 s of CPU.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -39,12 +39,3 @@ def gateway(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="session")
 def client(gateway: Gateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0, timeout=300)
-
-
-@pytest.fixture
-async def async_client(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
-    # Per test and closed: its connection pool belongs to the test's event loop.
-    async with openai.AsyncOpenAI(
-        base_url=gateway.base_url, api_key="x", max_retries=0, timeout=300
-    ) as client:
-        yield client

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import BASE_MODEL
+from tests.integration.gateway import Gateway
 
 QUESTION = [{"role": "user", "content": "Name three colours."}]
 
@@ -237,9 +238,15 @@ def test_prompt_over_context_is_400_with_both_lengths(client: openai.OpenAI) -> 
     assert "2048" in err.value.message and "5000" in err.value.message
 
 
-async def test_sixteen_concurrent_streams_complete_with_every_token(
-    async_client: openai.AsyncOpenAI,
-) -> None:
+async def test_sixteen_concurrent_streams_complete_with_every_token(gateway: Gateway) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url, api_key="x", max_retries=0, timeout=300
+    ) as async_client:
+        results = await _sixteen_streams(async_client)
+    assert results == [(24, 24, "length")] * 16
+
+
+async def _sixteen_streams(async_client: openai.AsyncOpenAI) -> list[tuple[int, int, str]]:
     async def one(i: int) -> tuple[int, int, str]:
         stream = await async_client.chat.completions.create(
             model=BASE_MODEL,
@@ -259,5 +266,4 @@ async def test_sixteen_concurrent_streams_complete_with_every_token(
                 finish = choice.finish_reason or finish
         return tokens, usage, finish
 
-    results = await asyncio.gather(*(one(i) for i in range(16)))
-    assert results == [(24, 24, "length")] * 16
+    return list(await asyncio.gather(*(one(i) for i in range(16))))

@@ -350,7 +350,8 @@ async def test_load_swap_and_unload_under_steady_traffic_lose_no_request(
             )
             for _ in range(2)
         ]
-        while (await admin.get("/v1/personas/t3-swap")).json()["in_flight"] == 0:
+        # Both must be leased before DELETE: one that arrives after it rightly gets a 404.
+        while (await admin.get("/v1/personas/t3-swap")).json()["in_flight"] < len(long):
             assert not all(task.done() for task in long), "the requests ended before DELETE"
             await asyncio.sleep(0.05)
         deleted = await admin.delete("/v1/personas/t3-swap")
