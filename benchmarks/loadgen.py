@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class RequestRecord:
 class LevelRun:
     records: list[RequestRecord]
     wall_s: float
+    load_1min: float = math.nan  # the machine's load average when the level ended
 
 
 def client_session(keep_alive: bool = True) -> aiohttp.ClientSession:

@@ -24,8 +24,10 @@ class Plan:
     workloads: tuple[str, ...]
     input_tokens: int  # the user message, in the model's tokens
     output_tokens: int  # every request: ignore_eos with this many max tokens
-    waves: int  # requests per level = max(min_requests, waves * concurrency)
+    waves: int  # requests per level: waves x concurrency, within [min_requests, max_requests]
     min_requests: int
+    max_requests: int
+    base_passes: int  # 2: base-model levels run loragate, vLLM, vLLM, loragate (ABBA)
     tutorial_requests: dict[int, int]  # concurrency -> requests, for the slow tutorial server
     cold_trials: int  # cold personas whose first request is timed against a warm one
     overhead_concurrencies: tuple[int, ...]
@@ -33,7 +35,7 @@ class Plan:
     overhead_reply_tokens: int
 
     def requests_at(self, concurrency: int) -> int:
-        return max(self.min_requests, self.waves * concurrency)
+        return max(self.min_requests, min(self.max_requests, self.waves * concurrency))
 
     @property
     def personas_needed(self) -> int:
@@ -48,6 +50,8 @@ FULL = Plan(
     output_tokens=128,
     waves=2,
     min_requests=8,
+    max_requests=64,
+    base_passes=2,
     tutorial_requests={1: 4, 16: 16},
     cold_trials=5,
     overhead_concurrencies=(1, 64),
@@ -63,6 +67,8 @@ QUICK = Plan(
     output_tokens=32,
     waves=1,
     min_requests=4,
+    max_requests=16,
+    base_passes=1,
     tutorial_requests={1: 2, 16: 16},
     cold_trials=2,
     overhead_concurrencies=(1, 64),

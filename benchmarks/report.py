@@ -113,8 +113,10 @@ def _meta_lines(meta: dict[str, Any]) -> list[str]:
         f"{meta['others_at_start'] or 'none'}.",
         f"- Model {meta['model']}; every request: {plan['input_tokens']}-token user message "
         f"after a fixed system prompt (prompt {meta.get('prompt_tokens', '?')} tokens), "
-        f"{plan['output_tokens']} output tokens (`ignore_eos`), greedy; requests per level "
-        f"max({plan['min_requests']}, {plan['waves']} x concurrency), closed loop.",
+        f"{plan['output_tokens']} output tokens (`ignore_eos`), greedy; requests per level: "
+        f"{plan['waves']} x concurrency within [{plan['min_requests']}, {plan['max_requests']}], "
+        f"closed loop; base-model levels pooled over {plan['base_passes']} pass(es) per server "
+        "(run loragate, vLLM, vLLM, loragate).",
         f"- Persona isolation plugin loaded in both vLLM engines: {meta['isolation_plugin']}.",
         f"- Server start-up s: {meta['startup_s']}.",
     ]

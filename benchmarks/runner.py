@@ -10,11 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from benchmarks import machine
 from benchmarks.adapters import ensure_adapters
-from benchmarks.loadgen import client_session, run_level, send
+from benchmarks.drive import Context, Level, Runs, cold_trials, drive_levels
 from benchmarks.overhead import measure_overhead
 from benchmarks.plan import BASE, Plan
 from benchmarks.plots import write_plots
@@ -23,119 +21,53 @@ from benchmarks.servers import (
     LORAGATE,
     TUTORIAL,
     VLLM,
-    RunningServer,
     ServerSpec,
     loragate_spec,
     running,
     tutorial_spec,
     vllm_spec,
 )
-from benchmarks.stats import ColdStart, LevelResult, summarise
+from benchmarks.stats import summarise
 from benchmarks.targets import evaluate
-from benchmarks.workload import (
-    chat_body,
-    cold_persona_names,
-    level_bodies,
-    make_prompts,
-    persona_names,
-    workload_models,
-)
+from benchmarks.workload import chat_body, cold_persona_names, persona_names
 from loragate.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 
-WARMUP_TOKENS = 8
 ALL_SERVERS = (LORAGATE, VLLM, TUTORIAL, "instant")
 
 
-@dataclass
-class Context:
-    plan: Plan
-    model_dir: Path
-    tokenizer: Any
-    personas: dict[str, Path]
-    cold_personas: dict[str, Path]
-    work_dir: Path
+@dataclass(frozen=True)
+class Stage:
+    """One server start and the levels run against it."""
 
-    def prompts(self, workload: str, concurrency: int, count: int) -> list[str]:
-        # Distinct prompts per level (no prompt is served from another level's prefix cache),
-        # and the same ones for every server: the seed depends on the level alone.
-        seed = sum(map(ord, workload)) * 1000 + concurrency
-        return make_prompts(self.tokenizer, count, self.plan.input_tokens, seed)
+    server: str
+    levels: tuple[Level, ...]
+    cold_trials: bool = False
 
 
-def _url(server: RunningServer) -> str:
-    return f"{server.url}/v1/chat/completions"
+def stages(plan: Plan, servers: Sequence[str]) -> list[Stage]:
+    """loragate, then vLLM, each through every workload; the extra base-model passes are run
+    ABBA (vLLM again, then loragate again), so that a drift of the machine during the run
+    weighs on both servers alike."""
 
+    def levels(workloads: Sequence[str], run_pass: int) -> tuple[Level, ...]:
+        return tuple(
+            Level(w, c, plan.requests_at(c), run_pass)
+            for w in workloads
+            for c in plan.concurrencies
+        )
 
-async def _warm_up(
-    session: aiohttp.ClientSession, url: str, models: Sequence[str], stream: bool
-) -> None:
-    """First requests pay for lazy initialisation and adapter loads: keep them out of levels."""
-    for model in models:
-        record = await send(session, url, chat_body(model, "Hello!", WARMUP_TOKENS, stream))
-        if not record.ok:
-            raise RuntimeError(f"warm-up request to {model} failed: {record.error}")
-    # Then a batch of them together: the first batched steps (and LoRA ones) pay once too.
-    burst = [
-        chat_body(models[i % len(models)], f"Say {i}.", WARMUP_TOKENS, stream) for i in range(16)
-    ]
-    await run_level(session, url, burst, 16)
-
-
-async def _levels(
-    ctx: Context, server: RunningServer, workloads: Sequence[str], requests: dict[int, int]
-) -> list[LevelResult]:
-    # The tutorial's design cannot stream, and its client opened a connection per request.
-    stream = keep_alive = server.spec.name != TUTORIAL
-    results = []
-    async with client_session(keep_alive) as session:
-        models = sorted({m for w in workloads for m in workload_models(w, DEFAULT_MODEL_NAME)})
-        await _warm_up(session, _url(server), [DEFAULT_MODEL_NAME, *models], stream)
-        for workload in workloads:
-            for concurrency, count in requests.items():
-                prompts = ctx.prompts(workload, concurrency, count)
-                bodies = level_bodies(
-                    workload_models(workload, DEFAULT_MODEL_NAME),
-                    prompts,
-                    ctx.plan.output_tokens,
-                    stream,
-                )
-                run = await run_level(session, _url(server), bodies, concurrency)
-                result = summarise(server.spec.name, workload, concurrency, run)
-                print(f"  {result.server} {workload} c={concurrency}: {_brief(result)}")
-                results.append(result)
-    return results
-
-
-def _brief(r: LevelResult) -> str:
-    return (
-        f"{r.requests} req in {r.wall_s:.1f} s, {r.output_tokens_per_s:.1f} tok/s, "
-        f"TTFT p50 {r.ttft_p50_ms:.0f} ms p95 {r.ttft_p95_ms:.0f} ms, "
-        f"ITL p50 {r.itl_p50_ms:.1f} ms, errors {r.errors}"
-        + (f" (first: {r.first_error})" if r.first_error else "")
-    )
-
-
-async def _cold_trials(ctx: Context, server: RunningServer) -> ColdStart:
-    """Each cold persona's first request (adapter not in the engine), then its second."""
-    cold: list[float] = []
-    warm: list[float] = []
-    errors = 0
-    prompt = ctx.prompts("cold", 1, 1)[0]
-    async with client_session() as session:
-        for name in ctx.cold_personas:
-            for into in (cold, warm):
-                body = chat_body(name, prompt, WARMUP_TOKENS, True)
-                record = await send(session, _url(server), body)
-                if record.ok and record.ttft is not None:
-                    into.append(record.ttft * 1000)
-                else:
-                    errors += 1
-    result = ColdStart(server.spec.name, cold, warm, errors)
-    print(
-        f"  {server.spec.name} cold persona TTFT p50 {result.cold_p50_ms:.1f} ms, "
-        f"warm {result.warm_p50_ms:.1f} ms, errors {errors}"
-    )
-    return result
+    extra_base = tuple(lv for p in range(1, plan.base_passes) for lv in levels((BASE,), p))
+    found = []
+    if LORAGATE in servers:
+        found.append(Stage(LORAGATE, levels(plan.workloads, 0), cold_trials=True))
+    if VLLM in servers:
+        found.append(Stage(VLLM, levels(plan.workloads, 0) + extra_base))
+    if LORAGATE in servers and extra_base:
+        found.append(Stage(LORAGATE, extra_base))
+    if TUTORIAL in servers:
+        tutorial = tuple(Level(BASE, c, n) for c, n in plan.tutorial_requests.items())
+        found.append(Stage(TUTORIAL, tutorial))
+    return found
 
 
 def _spec(ctx: Context, name: str) -> ServerSpec:
@@ -146,20 +78,14 @@ def _spec(ctx: Context, name: str) -> ServerSpec:
     return tutorial_spec(ctx.model_dir)
 
 
-def _serve_and_measure(ctx: Context, name: str, results: BenchResults) -> None:
-    print(f"== {name}: starting")
-    with running(_spec(ctx, name), ctx.work_dir / "logs") as server:
-        results.meta["startup_s"][name] = round(server.startup_s, 1)
-        print(f"== {name}: healthy after {server.startup_s:.0f} s")
-        if name == TUTORIAL:
-            plan_requests = ctx.plan.tutorial_requests
-            workloads: Sequence[str] = (BASE,)
-        else:
-            plan_requests = {c: ctx.plan.requests_at(c) for c in ctx.plan.concurrencies}
-            workloads = ctx.plan.workloads
-        results.levels += asyncio.run(_levels(ctx, server, workloads, plan_requests))
-        if name == LORAGATE and ctx.cold_personas:
-            results.cold.append(asyncio.run(_cold_trials(ctx, server)))
+def _run_stage(ctx: Context, stage: Stage, runs: Runs, results: BenchResults) -> None:
+    print(f"== {stage.server}: starting")
+    with running(_spec(ctx, stage.server), ctx.work_dir / "logs") as server:
+        results.meta["startup_s"].setdefault(stage.server, []).append(round(server.startup_s, 1))
+        print(f"== {stage.server}: healthy after {server.startup_s:.0f} s")
+        asyncio.run(drive_levels(ctx, server, stage.levels, runs))
+        if stage.cold_trials and ctx.cold_personas:
+            results.cold.append(asyncio.run(cold_trials(ctx, server)))
 
 
 def _context(plan: Plan, work_dir: Path) -> Context:
@@ -188,9 +114,10 @@ def run(plan: Plan, out_dir: Path, work_dir: Path, servers: Sequence[str], comma
     meta["model"] = f"{DEFAULT_MODEL_NAME} ({ctx.model_dir})"
     meta["prompt_tokens"] = _prompt_tokens(ctx)
     results = BenchResults(meta)
-    for name in (LORAGATE, VLLM, TUTORIAL):
-        if name in servers:
-            _serve_and_measure(ctx, name, results)
+    runs: Runs = {}
+    for stage in stages(plan, servers):
+        _run_stage(ctx, stage, runs, results)
+    results.levels = [summarise(*key, passes) for key, passes in runs.items()]
     if "instant" in servers:
         print("== instant engine: wrk")
         prompt = ctx.prompts("overhead", 1, 1)[0]

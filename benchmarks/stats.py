@@ -38,6 +38,8 @@ class LevelResult:
     latency_p50_ms: float
     mean_output_tokens: float
     mean_prompt_tokens: float
+    passes: int = 1  # runs pooled into these figures (see Plan.base_passes)
+    load_1min_max: float = math.nan  # the highest load average seen at the end of a pass
     first_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -48,7 +50,11 @@ class LevelResult:
         }
 
 
-def summarise(server: str, workload: str, concurrency: int, run: LevelRun) -> LevelResult:
+def summarise(
+    server: str, workload: str, concurrency: int, runs: Sequence[LevelRun]
+) -> LevelResult:
+    """Pooled over the runs (passes) of one level: their requests together, their time summed."""
+    run = LevelRun([r for one in runs for r in one.records], sum(one.wall_s for one in runs))
     good = [r for r in run.records if r.ok]
     bad = [r for r in run.records if not r.ok]
     ttfts = [r.ttft * 1000 for r in good if r.ttft is not None]
@@ -70,6 +76,10 @@ def summarise(server: str, workload: str, concurrency: int, run: LevelRun) -> Le
         latency_p50_ms=percentile([r.latency * 1000 for r in good], 50),
         mean_output_tokens=tokens / len(good) if good else 0.0,
         mean_prompt_tokens=sum(r.prompt_tokens for r in good) / len(good) if good else 0.0,
+        passes=len(runs),
+        load_1min_max=max(
+            (x.load_1min for x in runs if not math.isnan(x.load_1min)), default=math.nan
+        ),
         first_error=bad[0].error if bad else None,
     )
 

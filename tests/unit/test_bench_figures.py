@@ -13,6 +13,7 @@ from benchmarks.overhead import OverheadResult, parse_wrk, wrk_script
 from benchmarks.plan import BASE, FULL, MIX8, PERSONA, QUICK
 from benchmarks.plots import write_plots
 from benchmarks.report import BenchResults, markdown, write
+from benchmarks.runner import stages
 from benchmarks.servers import LORAGATE, TUTORIAL, VLLM
 from benchmarks.stats import ColdStart, LevelResult, percentile, summarise
 from benchmarks.targets import evaluate
@@ -31,13 +32,15 @@ def test_summarise_counts_tokens_over_wall_time_and_keeps_errors_apart() -> None
         RequestRecord(True, start=0.5, end=2.0, ttft=0.3, itl=[0.06], output_tokens=2),
     ]
     bad = RequestRecord(False, start=0.0, end=0.1, error="HTTP 500: boom")
-    result = summarise(LORAGATE, BASE, 2, LevelRun([*good, bad], wall_s=2.0))
+    runs = [LevelRun([good[0], bad], wall_s=1.5, load_1min=0.3), LevelRun([good[1]], wall_s=0.5)]
+    result = summarise(LORAGATE, BASE, 2, runs)
     assert (result.requests, result.errors) == (3, 1)
     assert result.output_tokens_per_s == 2.5
     assert result.requests_per_s == 1.0
     assert result.ttft_p50_ms == pytest.approx(200.0)
     assert result.itl_p50_ms == pytest.approx(40.0)
     assert result.first_error == "HTTP 500: boom"
+    assert (result.passes, result.load_1min_max) == (2, 0.3)
 
 
 def _level(server: str, workload: str, c: int, tok_s: float, ttft: float) -> LevelResult:
@@ -86,10 +89,26 @@ def test_wrk_lua_embeds_the_body_and_its_report_parses() -> None:
     assert result == OverheadResult(True, 64, 500, 3, 250.0, 1.5, 2.5, 9.0)
 
 
-def test_plans_request_at_least_two_waves_and_personas_for_their_mixes() -> None:
-    assert FULL.requests_at(64) == 128 and FULL.requests_at(1) == FULL.min_requests
+def test_plans_bound_the_requests_and_make_personas_for_their_mixes() -> None:
+    assert FULL.requests_at(16) == 32 and FULL.requests_at(64) == FULL.max_requests == 64
+    assert FULL.requests_at(1) == FULL.min_requests
     assert FULL.personas_needed == 8 and QUICK.personas_needed == 8
     assert set(FULL.concurrencies) == {1, 4, 16, 64}
+
+
+def test_base_passes_run_abba_and_only_loragate_does_cold_trials() -> None:
+    order = [
+        (stage.server, {(lv.workload, lv.run_pass) for lv in stage.levels}, stage.cold_trials)
+        for stage in stages(FULL, [LORAGATE, VLLM, TUTORIAL])
+    ]
+    every = {(w, 0) for w in FULL.workloads}
+    assert order == [
+        (LORAGATE, every, True),
+        (VLLM, every | {(BASE, 1)}, False),
+        (LORAGATE, {(BASE, 1)}, False),
+        (TUTORIAL, {(BASE, 0)}, False),
+    ]
+    assert [s.server for s in stages(QUICK, [VLLM, LORAGATE])] == [LORAGATE, VLLM]
 
 
 def test_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:
