@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so that every server started is stopped with its children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from benchmarks import machine, runner
 
     plan = QUICK if args.quick else FULL

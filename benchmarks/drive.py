@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks import machine
 from benchmarks.loadgen import LevelRun, client_session, run_level, send
 from benchmarks.plan import Plan
 from benchmarks.servers import TUTORIAL, RunningServer
@@ -82,6 +83,7 @@ async def drive_levels(
             bodies = level_bodies(models, prompts, ctx.plan.output_tokens, stream)
             run = await run_level(session, _url(server), bodies, level.concurrency)
             run.load_1min = os.getloadavg()[0]
+            run.others = len(machine.other_heavy_processes())
             runs.setdefault((name, level.workload, level.concurrency), []).append(run)
             figures = summarise(name, level.workload, level.concurrency, [run])
             where = f"{name} {level.workload} c={level.concurrency} pass {level.run_pass}"
@@ -92,21 +94,24 @@ def brief(r: LevelResult) -> str:
     return (
         f"{r.requests} req in {r.wall_s:.1f} s, {r.output_tokens_per_s:.1f} tok/s, "
         f"TTFT p50 {r.ttft_p50_ms:.0f} ms p95 {r.ttft_p95_ms:.0f} ms, "
-        f"ITL p50 {r.itl_p50_ms:.1f} ms, errors {r.errors}, load {r.load_1min_max:.2f}"
-        + (f" (first: {r.first_error})" if r.first_error else "")
+        f"ITL p50 {r.itl_p50_ms:.1f} ms, errors {r.errors}, load {r.load_1min_max:.2f}, "
+        f"others {r.others_max}" + (f" (first: {r.first_error})" if r.first_error else "")
     )
 
 
 async def cold_trials(ctx: Context, server: RunningServer) -> ColdStart:
-    """Each cold persona's first request (adapter not in the engine), then its second."""
+    """Each cold persona's first request (adapter not in the engine), then its second.
+
+    Every request has its own prompt: a repeated one would be served from the prefix cache.
+    """
     cold: list[float] = []
     warm: list[float] = []
     errors = 0
-    prompt = ctx.prompts("cold", 1, 1)[0]
+    prompts = iter(ctx.prompts("cold", 1, 2 * len(ctx.cold_personas)))
     async with client_session() as session:
         for name in ctx.cold_personas:
             for into in (cold, warm):
-                body = chat_body(name, prompt, WARMUP_TOKENS, True)
+                body = chat_body(name, next(prompts), WARMUP_TOKENS, True)
                 record = await send(session, _url(server), body)
                 if record.ok and record.ttft is not None:
                     into.append(record.ttft * 1000)

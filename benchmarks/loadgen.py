@@ -42,6 +42,7 @@ class LevelRun:
     records: list[RequestRecord]
     wall_s: float
     load_1min: float = math.nan  # the machine's load average when the level ended
+    others: int = 0  # other engines, training or test processes running when it ended
 
 
 def client_session(keep_alive: bool = True) -> aiohttp.ClientSession:

@@ -24,17 +24,23 @@ def load_average() -> tuple[float, float, float]:
 
 
 def other_heavy_processes() -> list[str]:
-    """Engines, servers, training and test runs of this machine that are not this run's."""
-    mine = {os.getpid(), os.getppid()}
-    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    found = []
-    for line in listing.splitlines():
-        pid_text, _, args = line.strip().partition(" ")
-        if int(pid_text) in mine or "benchmarks" in args:
-            continue
-        if any(marker in args for marker in _BUSY_MARKERS):
-            found.append(args[:100])
-    return found
+    """Engines, servers, training and test runs on this machine that are not this run's.
+
+    This run's servers start their own sessions (and vLLM's processes inherit them): the
+    sessions of this process and of its children are this run's.
+    """
+    listing = subprocess.run(
+        ["ps", "-eo", "pid=,ppid=,sid=,args="], capture_output=True, text=True
+    ).stdout
+    rows = [line.split(None, 3) for line in listing.splitlines()]
+    rows = [row + [""] * (4 - len(row)) for row in rows]
+    me = os.getpid()
+    ours = {sid for pid, ppid, sid, _ in rows if int(pid) == me or int(ppid) == me}
+    return [
+        args[:100]
+        for _, _, sid, args in rows
+        if sid not in ours and any(marker in args for marker in _BUSY_MARKERS)
+    ]
 
 
 def wait_until_quiet(max_load: float, interval_s: float = 180) -> None:

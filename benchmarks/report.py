@@ -118,6 +118,8 @@ def _meta_lines(meta: dict[str, Any]) -> list[str]:
         f"closed loop; base-model levels pooled over {plan['base_passes']} pass(es) per server "
         "(run loragate, vLLM, vLLM, loragate).",
         f"- Persona isolation plugin loaded in both vLLM engines: {meta['isolation_plugin']}.",
+        f"- Levels that ended with another engine, training or test run on the machine: "
+        f"{meta.get('disturbed_levels') or 'none'}.",
         f"- Server start-up s: {meta['startup_s']}.",
     ]
 

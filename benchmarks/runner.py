@@ -118,6 +118,9 @@ def run(plan: Plan, out_dir: Path, work_dir: Path, servers: Sequence[str], comma
     for stage in stages(plan, servers):
         _run_stage(ctx, stage, runs, results)
     results.levels = [summarise(*key, passes) for key, passes in runs.items()]
+    meta["disturbed_levels"] = [
+        f"{r.server} {r.workload} c={r.concurrency}" for r in results.levels if r.others_max
+    ]
     if "instant" in servers:
         print("== instant engine: wrk")
         prompt = ctx.prompts("overhead", 1, 1)[0]

@@ -1,11 +1,14 @@
 """The tutorial's `api.py`, written faithfully as a benchmark baseline. Not part of loragate.
 
-The Llama-3.1 tutorial serves the model with a FastAPI `async def` endpoint on port 6006 that
-renders the chat template, calls transformers `model.generate` and answers
-{"response", "status", "time"}. The blocking `generate` runs inside the `async def`, on the event
-loop: requests are served strictly one at a time, each one a batch of one. That design is kept
-here exactly: model loading (bfloat16, device_map="auto", use_fast=False, pad = eos), the
-system prompt, the generate call, the decoding and the per-request log line.
+The Llama-3.1 tutorial serves the model with `python api.py`: `POST /` on port 6006 taking
+{"prompt"} and answering {"response", "status", "time"} (its curl and `get_completion` examples).
+Its `api.py` listing is empty in our copy of the tutorial; the design here is that of the
+series' `api.py` files, with the generation code of the tutorial's own `LLM.py`: a FastAPI
+`async def` endpoint that renders the chat template and calls transformers `model.generate`.
+The blocking `generate` runs inside the `async def`, on the event loop: requests are served
+strictly one at a time, each one a batch of one. Kept as is: model loading (bfloat16,
+device_map="auto", use_fast=False, pad = eos), the system prompt, the generate call, the
+decoding and the per-request log line.
 
 What is added, and only so that the same workload drives all three servers:
 - `POST /v1/chat/completions`, non-streamed (the tutorial never streams), built the same way;
