@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait-quiet",
         type=float,
         metavar="LOAD",
-        help="first wait until the 1-minute load is under LOAD and no other engine, training "
-        "or test run is on the machine (re-checked every 3 minutes)",
+        help="first wait until the 1-minute load is under LOAD and other processes use under "
+        "0.1 core; then wait for them to be quiet before each level, and run a level again "
+        "(up to 3 times) when they used over 0.25 core while it ran",
     )
     return parser
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "benchmarks", *(argv or sys.argv[1:])])
     work = Path(tempfile.mkdtemp(prefix="loragate-bench-"))  # kept: the servers' logs
     print(f"server logs and wrk scripts in {work}")
-    passed = runner.run(plan, out_dir, work, servers, command)
+    passed = runner.run(plan, out_dir, work, servers, command, quiet=args.wait_quiet is not None)
     return 0 if passed else 1
 
 

@@ -42,7 +42,8 @@ class LevelRun:
     records: list[RequestRecord]
     wall_s: float
     load_1min: float = math.nan  # the machine's load average when the level ended
-    others: int = 0  # other engines, training or test processes running when it ended
+    others_cores: float = 0.0  # the most CPU other processes used while it ran (5-s windows)
+    attempt: int = 1  # a level disturbed by others is run again (see --wait-quiet)
 
 
 def client_session(keep_alive: bool = True) -> aiohttp.ClientSession:

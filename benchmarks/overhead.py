@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import wait_until_quiet
 from benchmarks.plan import Plan
 from benchmarks.servers import instant_spec, running
 from benchmarks.workload import chat_body
@@ -82,7 +83,7 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> str:
 
 
 def measure_overhead(
-    plan: Plan, model_dir: Path, base_model: str, prompt: str, work_dir: Path
+    plan: Plan, model_dir: Path, base_model: str, prompt: str, work_dir: Path, quiet: bool
 ) -> list[OverheadResult]:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: apt-get install -y wrk")
@@ -96,6 +97,8 @@ def measure_overhead(
             script.write_text(wrk_script(body))
             run_wrk(url, script, 8, 2)  # warm-up: first-request imports, allocator, caches
             for connections in plan.overhead_concurrencies:
+                if quiet:
+                    wait_until_quiet(None, 3)
                 output = run_wrk(url, script, connections, plan.overhead_seconds)
                 results.append(parse_wrk(output, stream, connections))
                 print(f"  instant engine, stream={stream}, c={connections}: {results[-1]}")

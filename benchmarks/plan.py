@@ -27,6 +27,8 @@ class Plan:
     waves: int  # requests per level: waves x concurrency, within [min_requests, max_requests]
     min_requests: int
     max_requests: int
+    persona_waves: int  # the same for persona workloads, whose LoRA prefill is ~9x slower here
+    persona_min_requests: int
     base_passes: int  # 2: base-model levels run loragate, vLLM, vLLM, loragate (ABBA)
     tutorial_requests: dict[int, int]  # concurrency -> requests, for the slow tutorial server
     cold_trials: int  # cold personas whose first request is timed against a warm one
@@ -34,8 +36,12 @@ class Plan:
     overhead_seconds: int  # each wrk run
     overhead_reply_tokens: int
 
-    def requests_at(self, concurrency: int) -> int:
-        return max(self.min_requests, min(self.max_requests, self.waves * concurrency))
+    def requests_at(self, concurrency: int, workload: str = BASE) -> int:
+        if workload == BASE:
+            waves, least = self.waves, self.min_requests
+        else:
+            waves, least = self.persona_waves, self.persona_min_requests
+        return max(least, min(self.max_requests, waves * concurrency))
 
     @property
     def personas_needed(self) -> int:
@@ -51,6 +57,8 @@ FULL = Plan(
     waves=2,
     min_requests=8,
     max_requests=64,
+    persona_waves=1,
+    persona_min_requests=4,
     base_passes=2,
     tutorial_requests={1: 4, 16: 16},
     cold_trials=5,
@@ -68,6 +76,8 @@ QUICK = Plan(
     waves=1,
     min_requests=4,
     max_requests=16,
+    persona_waves=1,
+    persona_min_requests=4,
     base_passes=1,
     tutorial_requests={1: 2, 16: 16},
     cold_trials=2,

