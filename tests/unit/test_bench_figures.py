@@ -92,6 +92,7 @@ def test_wrk_lua_embeds_the_body_and_its_report_parses() -> None:
 def test_plans_bound_the_requests_and_make_personas_for_their_mixes() -> None:
     assert FULL.requests_at(16) == 32 and FULL.requests_at(64) == FULL.max_requests == 64
     assert FULL.requests_at(1) == FULL.min_requests
+    assert FULL.requests_at(1, PERSONA) == 4 and FULL.requests_at(16, MIX8) == 16
     assert FULL.personas_needed == 8 and QUICK.personas_needed == 8
     assert set(FULL.concurrencies) == {1, 4, 16, 64}
 
@@ -124,7 +125,9 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         "vllm_version": "0.32.0",
         "load_start": (0.1, 0.2, 0.3),
         "load_end": (0.5, 0.4, 0.3),
-        "others_at_start": [],
+        "others_at_start": {"cores": 0.01, "busy": []},
+        "disturbed_cores": 0.25,
+        "max_attempts": 3,
         "model": "SmolLM2-135M-Instruct",
         "isolation_plugin": True,
         "startup_s": {LORAGATE: 30.0},
