@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from loragate.server.engine.vllm_engine import engine_environment
 from loragate.settings import EngineSettings
 
 STARTUP_TIMEOUT_S = 900  # vLLM alone starts in ~30 s; a busy 2-core machine takes much longer
@@ -90,7 +91,8 @@ def vllm_spec(model_dir: Path, served_name: str, personas: Mapping[str, Path]) -
     ]  # fmt: skip
     if personas:
         argv += ["--lora-modules", *(f"{name}={path}" for name, path in personas.items())]
-    return ServerSpec(VLLM, argv, port, "/health")
+    # The same CPU split as loragate's engine (an environment variable, not a flag, in vLLM).
+    return ServerSpec(VLLM, argv, port, "/health", env=engine_environment(s))
 
 
 def tutorial_spec(model_dir: Path) -> ServerSpec:

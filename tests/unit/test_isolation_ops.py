@@ -103,13 +103,45 @@ def test_patched_expand_slice_writes_only_its_slice_of_adapter_rows(lora_ops: Mo
     _assert_rows(out, before, want)
 
 
-def test_patched_ops_match_vllm_when_every_token_has_an_adapter(lora_ops: ModuleType) -> None:
+@pytest.mark.parametrize("indices", [INDICES.clamp_min(0), torch.full_like(INDICES, 2)])
+def test_patched_ops_match_vllm_when_every_token_has_an_adapter(
+    lora_ops: ModuleType, indices: torch.Tensor
+) -> None:
     t = _tensors()
-    all_adapters = INDICES.clamp_min(0)
     vllm_out, patched_out = t["out_rank"].clone(), t["out_rank"].clone()
-    lora_ops.bgmv_shrink(t["x"], t["lora_a"], vllm_out, all_adapters, 1.0)
-    isolation.isolated(lora_ops.bgmv_shrink)(t["x"], t["lora_a"], patched_out, all_adapters, 1.0)
-    assert torch.equal(patched_out, vllm_out)
+    lora_ops.bgmv_shrink(t["x"], t["lora_a"], vllm_out, indices, 1.0)
+    isolation.isolated(lora_ops.bgmv_shrink)(t["x"], t["lora_a"], patched_out, indices, 1.0)
+    torch.testing.assert_close(patched_out, vllm_out)
+
+
+@pytest.mark.parametrize("add_inputs", [True, False])
+def test_grouped_ops_match_vllm_on_model_shapes_in_bfloat16(
+    lora_ops: ModuleType, add_inputs: bool
+) -> None:
+    # A prefill batch as the engine makes it: bf16 weights and activations, a float32 shrink
+    # buffer, runs of tokens on 3 slots and on none; the output padded wider than the adapter.
+    gen = torch.Generator().manual_seed(1)
+    runs = (torch.tensor([2, -1, 0, 1, -1, 0]), torch.tensor([12, 5, 9, 7, 3, 12]))
+    indices = torch.repeat_interleave(*runs)
+    tokens, adapter_rows = indices.shape[0], indices >= 0
+    assert tokens >= isolation.MIN_ROWS_PER_ADAPTER * 3  # the grouped path
+    x = torch.randn(tokens, 64, generator=gen).bfloat16()
+    lora_a = torch.randn(3, 1, 8, 64, generator=gen).bfloat16()
+    lora_b = torch.randn(3, 1, 96, 8, generator=gen).bfloat16()
+    h = torch.randn(tokens, 8, generator=gen)
+    out = torch.randn(tokens, 100, generator=gen).bfloat16()
+    for op, args in (
+        ("bgmv_shrink", (x, lora_a, torch.randn(tokens, 8, generator=gen), indices, 0.5)),
+        ("bgmv_expand", (h, lora_b, out, indices, add_inputs)),
+        ("bgmv_expand_slice", (h, lora_b, out.clone(), indices, 4, 96, add_inputs)),
+    ):
+        before = args[2].clone()
+        vllm_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        getattr(lora_ops, op)(*vllm_args)
+        isolation.isolated(getattr(lora_ops, op))(*args)
+        assert torch.equal(args[2][~adapter_rows], before[~adapter_rows]), op
+        got, want = args[2][adapter_rows], vllm_args[2][adapter_rows]
+        torch.testing.assert_close(got, want, rtol=1.6e-2, atol=2e-2, msg=op)
 
 
 def test_patched_op_leaves_a_batch_without_adapters_alone(lora_ops: ModuleType) -> None:
@@ -126,6 +158,16 @@ def test_patched_op_refuses_rows_that_do_not_match_the_indices(lora_ops: ModuleT
         isolation.isolated(lora_ops.bgmv_shrink)(
             t["x"][:4], t["lora_a"], t["out_rank"][:4], INDICES, 1.0
         )
+
+
+def test_patched_op_leaves_vllm_shapes_it_does_not_know_to_vllm(lora_ops: ModuleType) -> None:
+    # vLLM's expand broadcasts a single input row over every output row.
+    t = _tensors()
+    one_row, indices = t["h"][:1], torch.ones(1, dtype=torch.long)
+    vllm_out, patched_out = t["out_wide"][:, :WIDTH].clone(), t["out_wide"][:, :WIDTH].clone()
+    lora_ops.bgmv_expand(one_row, t["lora_b"], vllm_out, indices, True)
+    isolation.isolated(lora_ops.bgmv_expand)(one_row, t["lora_b"], patched_out, indices, True)
+    assert torch.equal(patched_out, vllm_out)
 
 
 def test_self_test_detects_vllm_ops_that_apply_the_last_slot(punica_cpu: ModuleType) -> None:

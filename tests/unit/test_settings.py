@@ -8,7 +8,8 @@ import pytest
 
 from loragate.cli import build_parser
 from loragate.cli_settings import settings_from_arguments
-from loragate.settings import ServerSettings
+from loragate.server.engine.vllm_engine import engine_environment
+from loragate.settings import RESERVED_CPU_ENV, ServerSettings
 
 
 def parse(*argv: str) -> ServerSettings:
@@ -57,3 +58,33 @@ def test_help_explains_every_setting(capsys: pytest.CaptureFixture[str]) -> None
     for name in ServerSettings.model_fields:
         assert "--" + name.replace("_", "-") in text
     assert "LORAGATE_API_KEY" in text
+
+
+@pytest.mark.parametrize(
+    ("cores", "flag", "env", "reserved"),
+    [
+        (2, None, None, 0),  # small machine: the engine computes on every core
+        (16, None, None, None),  # vLLM's own choice
+        (2, None, "1", None),  # vLLM's variable already set: left to it
+        (16, "2", None, 2),  # the flag wins
+        (2, "1", "0", 1),
+    ],
+)
+def test_small_machines_reserve_no_core_off_the_engine(
+    monkeypatch: pytest.MonkeyPatch,
+    cores: int,
+    flag: str | None,
+    env: str | None,
+    reserved: int | None,
+) -> None:
+    monkeypatch.delenv("LORAGATE_CONFIG", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    if env is None:
+        monkeypatch.delenv(RESERVED_CPU_ENV, raising=False)
+    else:
+        monkeypatch.setenv(RESERVED_CPU_ENV, env)
+    settings = parse(*(["--cpu-reserved-cores", flag] if flag else []))
+    assert settings.resolved_cpu_reserved_cores() == reserved
+    assert engine_environment(settings) == (
+        {} if reserved is None else {RESERVED_CPU_ENV: str(reserved)}
+    )

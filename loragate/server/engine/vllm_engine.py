@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from loragate.server.engine.types import (
     SamplingOptions,
     TokenLogprob,
 )
-from loragate.settings import EngineSettings
+from loragate.settings import RESERVED_CPU_ENV, EngineSettings
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -43,6 +44,12 @@ def build_engine_args(settings: EngineSettings, model_path: str, served_name: st
     )
 
 
+def engine_environment(settings: EngineSettings) -> dict[str, str]:
+    """vLLM settings that only its environment variables carry."""
+    reserved = settings.resolved_cpu_reserved_cores()
+    return {} if reserved is None else {RESERVED_CPU_ENV: str(reserved)}
+
+
 class VllmEngine:
     def __init__(self, llm: AsyncLLM, max_model_len: int, max_lora_rank: int):
         self._llm = llm
@@ -54,6 +61,7 @@ class VllmEngine:
     def start(cls, settings: EngineSettings, model_path: str, served_name: str) -> VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        os.environ.update(engine_environment(settings))  # read by the processes vLLM spawns
         llm = AsyncLLM.from_engine_args(build_engine_args(settings, model_path, served_name))
         max_len = int(llm.model_config.max_model_len)
         return cls(llm, max_len, settings.max_lora_rank)
