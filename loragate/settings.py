@@ -70,11 +70,17 @@ class EngineSettings(_LoragateSettings):
     tensor_parallel_size: int = Field(default=1, ge=1, description="Tensor-parallel workers.")
     enable_lora: bool = Field(default=True, description="Enable LoRA adapters (personas).")
     max_loras: int = Field(
-        default=4, ge=1, description="Adapters that can run in one engine batch."
+        default=8,
+        ge=1,
+        description="Adapters that can run in one engine batch (requests for more wait). Each "
+        "slot holds max_lora_rank weights for every layer: ~85 MB on Llama-3.1-8B at rank 16.",
     )
     max_lora_rank: int = Field(default=16, ge=1, description="Highest adapter rank accepted.")
     max_cpu_loras: int = Field(
-        default=8, ge=1, description="Adapters kept loaded in the engine (least recently used out)."
+        default=16,
+        ge=1,
+        description="Adapters kept loaded in the engine (least recently used out); at least "
+        "max_loras.",
     )
     max_num_seqs: int = Field(default=64, ge=1, description="Sequences per engine batch.")
     seed: int = Field(default=0, description="Engine random seed.")

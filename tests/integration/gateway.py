@@ -56,6 +56,9 @@ def running_gateway(log_path: Path, extra_args: Sequence[str] = ()) -> Iterator[
         "--port", str(port),
         "--legacy-port", str(legacy_port),
         "--kv-cache-memory-fraction", os.environ.get("LORAGATE_TEST_KV_FRACTION", "0.2"),
+        # Four slots, as many as the persona tests' adapters: a batch of them fills the last
+        # slot, the one vLLM's CPU ops leak to base-model tokens without the isolation plugin.
+        "--max-loras", "4",
         *extra_args,
     ]  # fmt: skip
     log = log_path.open("wb")
