@@ -20,12 +20,15 @@ Why these choices:
   reports the ones that apply an adapter to a -1 token. A vLLM that skips them (a fixed
   release, or another CPU implementation) is left alone; other platforms' kernels are not
   touched at all.
-- Replace the gather ops by `loragate.lora_grouped`'s, which multiply each adapter's tokens in
-  one GEMM against the adapter's matrix and never write a -1 row (as the GPU kernels' early
-  exit). vLLM's ops copy the matrix for every token, which made persona prefill about 9 times
-  slower than the base model's here; the upstream patch instead clamps -1 to slot 0 and zeroes
-  the result, still computing every base row. Each replacement keeps vLLM's op as
-  `__wrapped__` and falls back to it on inputs outside the contract (one index per row).
+- Wrap the gather ops so that -1 rows are never written (as the GPU kernels' early exit) and
+  the others are computed fast: where each adapter has `MIN_ROWS_PER_ADAPTER` rows or more
+  (prefill), by `loragate.lora_grouped`, one GEMM per adapter against its matrix; below that
+  (a decode step over many personas), by vLLM's own op on just the rows with an adapter.
+  vLLM's ops copy the matrix for every token, which made persona prefill about 9 times slower
+  than the base model's here. The upstream patch instead clamps -1 to slot 0 and zeroes the
+  result, still computing every base row. Each wrapper keeps vLLM's op as `__wrapped__`;
+  inputs outside the contract (one index per row) go to it when every row has an adapter and
+  are refused otherwise.
 - The names patched are the ones looked up at call time: `PunicaWrapperCPU` calls the
   `bgmv_*` names it imported into `punica_cpu`, and its `sgmv_*` (prefill, the path vLLM takes
   on the CPU) call the `bgmv_*` globals of `lora_ops`; `vllm.lora.ops.torch_ops` re-exports
