@@ -20,15 +20,13 @@ Why these choices:
   reports the ones that apply an adapter to a -1 token. A vLLM that skips them (a fixed
   release, or another CPU implementation) is left alone; other platforms' kernels are not
   touched at all.
-- Wrap the gather ops so that -1 rows are never written (as the GPU kernels' early exit) and
-  the others are computed fast: where each adapter has `MIN_ROWS_PER_ADAPTER` rows or more
-  (prefill), by `loragate.lora_grouped`, one GEMM per adapter against its matrix; below that
-  (a decode step over many personas), by vLLM's own op on just the rows with an adapter.
-  vLLM's ops copy the matrix for every token, which made persona prefill about 9 times slower
-  than the base model's here. The upstream patch instead clamps -1 to slot 0 and zeroes the
-  result, still computing every base row. Each wrapper keeps vLLM's op as `__wrapped__`;
-  inputs outside the contract (one index per row) go to it when every row has an adapter and
-  are refused otherwise.
+- Replace the gather ops by `loragate.lora_grouped`'s, which never write a -1 row (as the GPU
+  kernels' early exit) and compute the others in a few GEMMs instead of a weight copy and a
+  matrix-vector product per token: that made persona prefill about 9 times slower than the
+  base model's here. The upstream patch instead clamps -1 to slot 0 and zeroes the result,
+  still computing every base row. Each replacement keeps vLLM's op as `__wrapped__`; inputs
+  outside the contract (one index per row) go to it when every row has an adapter and are
+  refused otherwise.
 - The names patched are the ones looked up at call time: `PunicaWrapperCPU` calls the
   `bgmv_*` names it imported into `punica_cpu`, and its `sgmv_*` (prefill, the path vLLM takes
   on the CPU) call the `bgmv_*` globals of `lora_ops`; `vllm.lora.ops.torch_ops` re-exports
@@ -60,11 +58,6 @@ logger = logging.getLogger(f"vllm.plugins.{PLUGIN_NAME}")
 GATHER_OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
 PREFILL_OPS = ("sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")
 _ISOLATED = "__loragate_isolated__"
-# Below this many rows per adapter (decode steps over many personas), vLLM's per-token product
-# beats one GEMM per adapter. Shrink + expand, hidden 576 -> rank 16 -> 1536, one thread:
-# 16 rows on 8 adapters 0.44 ms per token vs 0.89 ms grouped; 32 on 8: 0.79 vs 0.92;
-# 16 on 4: 0.44 vs 0.50; 64 on 8: 1.43 vs 1.00; 16 on 1: 0.49 vs 0.13; 1600 on 1: 110 vs 2.8.
-MIN_ROWS_PER_ADAPTER = 6
 LoraOp = Callable[..., None]
 
 
@@ -112,9 +105,9 @@ def is_isolated(op: LoraOp) -> bool:
 
 
 def isolated(op: LoraOp) -> LoraOp:
-    """vLLM's bgmv op `(inputs, weights, output, lora_indices, *rest)`, skipping -1 rows, and
-    grouped by adapter where the adapters have enough rows each."""
-    grouped: LoraOp = getattr(lora_grouped, op.__name__)
+    """vLLM's bgmv op `(inputs, weights, output, lora_indices, *rest)` as `lora_grouped`
+    computes it: -1 rows skipped, the others in a few GEMMs."""
+    fast: LoraOp = getattr(lora_grouped, op.__name__)
 
     @functools.wraps(op)
     def skip_rows_without_adapter(
@@ -126,44 +119,18 @@ def isolated(op: LoraOp) -> LoraOp:
         **kwargs: Any,
     ) -> None:
         operands = (inputs, lora_weights, output_tensor, lora_indices_tensor)
-        if not _one_row_per_index(inputs, output_tensor, lora_indices_tensor):
-            if bool((lora_indices_tensor >= 0).all()):
-                op(*operands, *args, **kwargs)
-                return
+        if _one_row_per_index(inputs, output_tensor, lora_indices_tensor):
+            fast(*operands, *args, **kwargs)
+        elif bool((lora_indices_tensor >= 0).all()):
+            op(*operands, *args, **kwargs)
+        else:
             raise ValueError(
                 f"{PLUGIN_NAME}: {lora_indices_tensor.shape[0]} LoRA indices for "
                 f"{inputs.shape[0]} input rows and {output_tensor.shape[0]} output rows"
             )
-        slots = lora_grouped.distinct_slots(lora_indices_tensor)
-        adapters = sum(1 for slot in slots if slot >= 0)
-        if adapters == 0:
-            return
-        if lora_indices_tensor.shape[0] >= MIN_ROWS_PER_ADAPTER * adapters:
-            grouped(*operands, *args, slots=slots, **kwargs)
-        else:
-            _per_token(op, slots[0] < 0, operands, args, kwargs)
 
     setattr(skip_rows_without_adapter, _ISOLATED, True)
     return skip_rows_without_adapter
-
-
-def _per_token(
-    op: LoraOp,
-    some_without_adapter: bool,
-    operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> None:
-    """vLLM's own op, on the rows that have an adapter only."""
-    inputs, lora_weights, output_tensor, lora_indices = operands
-    if not some_without_adapter:
-        op(*operands, *args, **kwargs)
-        return
-    rows = (lora_indices >= 0).nonzero().squeeze(1)
-    selected_output = output_tensor.index_select(0, rows)
-    selected = (inputs.index_select(0, rows), lora_weights, selected_output)
-    op(*selected, lora_indices.index_select(0, rows), *args, **kwargs)
-    output_tensor.index_copy_(0, rows, selected_output)
 
 
 def _one_row_per_index(

@@ -114,8 +114,12 @@ async def bench(requests: int, max_tokens: int) -> None:
         llm.shutdown()
 
 
-def ops(tokens: int = 16, hidden: int = 576, out: int = 1536, rank: int = 16) -> None:
-    """Time one shrink+expand pair (the default model's MLP shapes), vLLM's op and the wrapper."""
+# (tokens, adapters in the batch): a prefill, decode steps on one and on many personas.
+OPS_CASES = [(1600, 1), (1600, 8), (256, 8), (64, 8), (16, 8), (16, 1), (1, 1)]
+
+
+def ops(hidden: int = 576, out: int = 1536, rank: int = 16, slots: int = 8) -> None:
+    """Time one shrink+expand pair (the default model's MLP shapes), vLLM's op and loragate's."""
     import inspect
 
     import torch
@@ -125,27 +129,26 @@ def ops(tokens: int = 16, hidden: int = 576, out: int = 1536, rank: int = 16) ->
 
     torch.set_num_threads(1)
     shrink, expand = (inspect.unwrap(getattr(lora_ops, n)) for n in ("bgmv_shrink", "bgmv_expand"))
-    x = torch.randn(tokens, hidden, dtype=torch.bfloat16)
-    lora_a = torch.randn(4, 1, rank, hidden, dtype=torch.bfloat16)
-    lora_b = torch.randn(4, 1, out, rank, dtype=torch.bfloat16)
-
-    def pair(s: Any, e: Any, indices: Any) -> None:
-        buffer, y = torch.zeros(tokens, rank), torch.zeros(tokens, out, dtype=torch.bfloat16)
-        s(x, lora_a, buffer, indices, 1.0)
-        e(buffer, lora_b, y, indices, True)
-
-    every = torch.zeros(tokens, dtype=torch.long)
-    half = torch.tensor([0, -1] * (tokens // 2))
-    variants = {"vLLM": (shrink, expand), "isolated": (isolated(shrink), isolated(expand))}
-    for label, indices in [("every token on the adapter", every), ("half on the base", half)]:
-        best = dict.fromkeys(variants, float("inf"))
-        for _ in range(7):  # interleaved rounds, best of each: the machine is shared and noisy
-            for name, (s, e) in variants.items():
-                start, n = time.perf_counter(), 300
-                for _ in range(n):
-                    pair(s, e, indices)
-                best[name] = min(best[name], (time.perf_counter() - start) / n * 1e6)
-        print(f"{label}: " + ", ".join(f"{k} {v:.0f} us" for k, v in best.items()))
+    lora_a = torch.randn(slots, 1, rank, hidden, dtype=torch.bfloat16)
+    lora_b = torch.randn(slots, 1, out, rank, dtype=torch.bfloat16)
+    variants = {"vLLM": (shrink, expand), "loragate": (isolated(shrink), isolated(expand))}
+    for tokens, adapters in OPS_CASES:
+        x = torch.randn(tokens, hidden, dtype=torch.bfloat16)
+        indices = torch.arange(tokens) % adapters
+        half_on_base = torch.where(torch.arange(tokens) % 2 == 0, -1, indices)
+        for label, rows in [("", indices), (", half on the base", half_on_base)]:
+            best = dict.fromkeys(variants, float("inf"))
+            for _ in range(5):  # interleaved rounds, best of each: the machine is shared
+                for name, (s, e) in variants.items():
+                    start, n = time.perf_counter(), max(3, 3000 // tokens)
+                    for _ in range(n):
+                        buffer = torch.zeros(tokens, rank)
+                        y = torch.zeros(tokens, out, dtype=torch.bfloat16)
+                        s(x, lora_a, buffer, rows, 1.0)
+                        e(buffer, lora_b, y, rows, True)
+                    best[name] = min(best[name], (time.perf_counter() - start) / n * 1e3)
+            timings = ", ".join(f"{k} {v:.3f} ms" for k, v in best.items())
+            print(f"{tokens} tokens on {adapters} adapter(s){label}: {timings}")
 
 
 if __name__ == "__main__":  # AsyncLLM spawns its engine core: the guard is required

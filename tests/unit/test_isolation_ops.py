@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from loragate import isolation
+from loragate import isolation, lora_grouped
 
 pytestmark = [
     # Importing vLLM imports torch's inductor, which warns on import.
@@ -115,16 +115,23 @@ def test_patched_ops_match_vllm_when_every_token_has_an_adapter(
 
 
 @pytest.mark.parametrize("add_inputs", [True, False])
-def test_grouped_ops_match_vllm_on_model_shapes_in_bfloat16(
-    lora_ops: ModuleType, add_inputs: bool
+@pytest.mark.parametrize(
+    ("slots", "run"),
+    [
+        ((2, -1, 0, 1, -1, 0), 3),  # decode-like: few tokens per adapter, stacked slots
+        ((2, -1, 0, 1, -1, 0), lora_grouped.GROUPED_MIN_ROWS),  # prefill-like: one GEMM each
+        ((1, -1, 1), 5),  # one adapter beside base-model tokens
+        ((1,), 7),  # one adapter only: no row gathered
+    ],
+)
+def test_fast_ops_match_vllm_on_model_shapes_in_bfloat16(
+    lora_ops: ModuleType, add_inputs: bool, slots: tuple[int, ...], run: int
 ) -> None:
-    # A prefill batch as the engine makes it: bf16 weights and activations, a float32 shrink
-    # buffer, runs of tokens on 3 slots and on none; the output padded wider than the adapter.
+    # As the engine calls them: bf16 weights and activations, a float32 shrink buffer, the
+    # output padded wider than the adapter, 3 slots of which some are idle.
     gen = torch.Generator().manual_seed(1)
-    runs = (torch.tensor([2, -1, 0, 1, -1, 0]), torch.tensor([12, 5, 9, 7, 3, 12]))
-    indices = torch.repeat_interleave(*runs)
+    indices = torch.tensor(slots).repeat_interleave(run)
     tokens, adapter_rows = indices.shape[0], indices >= 0
-    assert tokens >= isolation.MIN_ROWS_PER_ADAPTER * 3  # the grouped path
     x = torch.randn(tokens, 64, generator=gen).bfloat16()
     lora_a = torch.randn(3, 1, 8, 64, generator=gen).bfloat16()
     lora_b = torch.randn(3, 1, 96, 8, generator=gen).bfloat16()
