@@ -27,7 +27,7 @@ class Plan:
     waves: int  # requests per level: waves x concurrency, within [min_requests, max_requests]
     min_requests: int
     max_requests: int
-    persona_waves: int  # the same for persona workloads, whose LoRA prefill is ~9x slower here
+    persona_waves: int  # the same for persona workloads, whose decode steps are 2-3x slower here
     persona_min_requests: int
     base_passes: int  # 2: base-model levels run loragate, vLLM, vLLM, loragate (ABBA)
     tutorial_requests: dict[int, int]  # concurrency -> requests, for the slow tutorial server

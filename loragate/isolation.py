@@ -20,13 +20,15 @@ Why these choices:
   reports the ones that apply an adapter to a -1 token. A vLLM that skips them (a fixed
   release, or another CPU implementation) is left alone; other platforms' kernels are not
   touched at all.
-- Replace the gather ops by `loragate.lora_grouped`'s, which never write a -1 row (as the GPU
-  kernels' early exit) and compute the others in a few GEMMs instead of a weight copy and a
-  matrix-vector product per token: that made persona prefill about 9 times slower than the
-  base model's here. The upstream patch instead clamps -1 to slot 0 and zeroes the result,
-  still computing every base row. Each replacement keeps vLLM's op as `__wrapped__`; inputs
-  outside the contract (one index per row) go to it when every row has an adapter and are
-  refused otherwise.
+- Wrap the gather ops so that -1 rows are never written (as the GPU kernels' early exit) and
+  the others are computed fast. vLLM's ops copy the adapter matrix for every token and multiply
+  token by token, which made persona prefill about 9 times slower than the base model's here;
+  `loragate.lora_grouped` computes a batch on one adapter, or of `STACKED_MIN_ROWS` tokens or
+  more, in a few GEMMs. A small batch over several adapters (a decode step of a few mixed
+  personas) stays on vLLM's op, which is faster there, run on just the rows with an adapter.
+  The upstream patch instead clamps -1 to slot 0 and zeroes the result, still computing every
+  base row. Each wrapper keeps vLLM's op as `__wrapped__`; inputs outside the contract (one
+  index per row) go to it when every row has an adapter and are refused otherwise.
 - The names patched are the ones looked up at call time: `PunicaWrapperCPU` calls the
   `bgmv_*` names it imported into `punica_cpu`, and its `sgmv_*` (prefill, the path vLLM takes
   on the CPU) call the `bgmv_*` globals of `lora_ops`; `vllm.lora.ops.torch_ops` re-exports
@@ -105,8 +107,8 @@ def is_isolated(op: LoraOp) -> bool:
 
 
 def isolated(op: LoraOp) -> LoraOp:
-    """vLLM's bgmv op `(inputs, weights, output, lora_indices, *rest)` as `lora_grouped`
-    computes it: -1 rows skipped, the others in a few GEMMs."""
+    """vLLM's bgmv op `(inputs, weights, output, lora_indices, *rest)` with -1 rows skipped:
+    by `lora_grouped` where it is faster, else by vLLM's op on the rows with an adapter."""
     fast: LoraOp = getattr(lora_grouped, op.__name__)
 
     @functools.wraps(op)
@@ -119,18 +121,43 @@ def isolated(op: LoraOp) -> LoraOp:
         **kwargs: Any,
     ) -> None:
         operands = (inputs, lora_weights, output_tensor, lora_indices_tensor)
-        if _one_row_per_index(inputs, output_tensor, lora_indices_tensor):
-            fast(*operands, *args, **kwargs)
-        elif bool((lora_indices_tensor >= 0).all()):
-            op(*operands, *args, **kwargs)
-        else:
+        if not _one_row_per_index(inputs, output_tensor, lora_indices_tensor):
+            if bool((lora_indices_tensor >= 0).all()):
+                op(*operands, *args, **kwargs)
+                return
             raise ValueError(
                 f"{PLUGIN_NAME}: {lora_indices_tensor.shape[0]} LoRA indices for "
                 f"{inputs.shape[0]} input rows and {output_tensor.shape[0]} output rows"
             )
+        slots = lora_grouped.distinct_slots(lora_indices_tensor)
+        if slots[-1] < 0:
+            return  # no adapter in the batch
+        if len(slots) > 1 and lora_indices_tensor.shape[0] < lora_grouped.STACKED_MIN_ROWS:
+            _per_token(op, slots[0] < 0, operands, args, kwargs)
+        else:
+            fast(*operands, *args, slots=slots, **kwargs)
 
     setattr(skip_rows_without_adapter, _ISOLATED, True)
     return skip_rows_without_adapter
+
+
+def _per_token(
+    op: LoraOp,
+    some_without_adapter: bool,
+    operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """vLLM's own op, on the rows that have an adapter only."""
+    inputs, lora_weights, output_tensor, lora_indices = operands
+    if not some_without_adapter:
+        op(*operands, *args, **kwargs)
+        return
+    rows = (lora_indices >= 0).nonzero().squeeze(1)
+    selected_output = output_tensor.index_select(0, rows)
+    selected = (inputs.index_select(0, rows), lora_weights, selected_output)
+    op(*selected, lora_indices.index_select(0, rows), *args, **kwargs)
+    output_tensor.index_copy_(0, rows, selected_output)
 
 
 def _one_row_per_index(

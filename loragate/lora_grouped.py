@@ -7,9 +7,11 @@ on the CPU that made a persona's prefill about 9 times slower than the base mode
 
 - a batch on one adapter, or whose adapters have `GROUPED_MIN_ROWS` tokens each (prefill), is
   one GEMM per adapter against the adapter's matrix, read in place;
-- a batch of few tokens over several adapters (a decode step of mixed personas) is one GEMM
-  against all the engine's adapter slots stacked, each token keeping its own slot's block:
-  more arithmetic, but one call instead of one per adapter or per token.
+- a batch of fewer tokens per adapter over several adapters (a decode step of many mixed
+  personas) is one GEMM against all the engine's adapter slots stacked, each token keeping its
+  own slot's block: more arithmetic, but one call instead of one per adapter or per token.
+  Below `STACKED_MIN_ROWS` tokens vLLM's per-token op is faster; `loragate.isolation` sends
+  such batches to it.
 
 Tokens with slot -1 (no adapter) are never written, as in vLLM's GPU kernels. The signatures
 and the arithmetic (inputs and weights cast to the output's dtype, shrink scaled, expand adding
@@ -17,9 +19,9 @@ or assigning, padding trimmed to the common width) are vLLM's; only the order of
 inside a product may differ, as between any two GEMM shapes.
 
 Measured (`PYTHONPATH=. python scripts/isolation_check.py ops`; shrink + expand, hidden 576 ->
-rank 16 -> 1536, bf16, 8 slots, one thread; vLLM's op / these): 1600 tokens on 1 adapter
-99.9 / 2.3 ms, on 8 adapters 99.1 / 5.6 ms; 64 tokens on 8 adapters 1.30 / 0.48 ms; 16 tokens on
-8 adapters 0.42 / 0.29 ms, on 1 adapter 0.42 / 0.11 ms.
+rank 16 -> 1536, bf16, 8 slots, 2 threads as in the engine's worker here; vLLM's op / these):
+1600 tokens on 1 adapter 61.9 / 1.6 ms, on 8 adapters 63.0 / 3.8 ms; 256 tokens on 8 adapters
+2.72 / 0.76 ms; 64 on 8 0.74 / 0.37 ms; 32 on 8 0.45 / 0.32 ms; 16 on 1 0.30 / 0.12 ms.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ _FEW_ROWS = 256
 # From this many tokens per adapter, one GEMM per adapter beats one against every slot: 256
 # tokens on 2 adapters 0.92 vs 1.23 ms, on 8 adapters 1.62 vs 1.32 ms; 64 on 2 about equal.
 GROUPED_MIN_ROWS = 64
+# From this many tokens over several adapters, the stacked GEMM beats vLLM's per-token op, on
+# the worker's 2 threads here: 16 tokens on 8 adapters 0.46 vs 0.36 ms, 32 on 8 0.41 vs 0.74,
+# 64 on 8 0.45 vs 1.45, 128 on 8 0.75 vs 2.62 (shrink + expand pairs).
+STACKED_MIN_ROWS = 32
 
 
 def bgmv_shrink(

@@ -115,10 +115,12 @@ async def bench(requests: int, max_tokens: int) -> None:
 
 
 # (tokens, adapters in the batch): a prefill, decode steps on one and on many personas.
-OPS_CASES = [(1600, 1), (1600, 8), (256, 8), (64, 8), (16, 8), (16, 1), (1, 1)]
+OPS_CASES = [(1600, 1), (1600, 8), (256, 8), (64, 8), (32, 8), (16, 8), (4, 4), (16, 1), (1, 1)]
 
 
-def ops(hidden: int = 576, out: int = 1536, rank: int = 16, slots: int = 8) -> None:
+def ops(
+    hidden: int = 576, out: int = 1536, rank: int = 16, slots: int = 8, threads: int = 2
+) -> None:
     """Time one shrink+expand pair (the default model's MLP shapes), vLLM's op and loragate's."""
     import inspect
 
@@ -127,7 +129,7 @@ def ops(hidden: int = 576, out: int = 1536, rank: int = 16, slots: int = 8) -> N
 
     from loragate.isolation import isolated
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)  # the engine's worker: every core here (--cpu-reserved-cores)
     shrink, expand = (inspect.unwrap(getattr(lora_ops, n)) for n in ("bgmv_shrink", "bgmv_expand"))
     lora_a = torch.randn(slots, 1, rank, hidden, dtype=torch.bfloat16)
     lora_b = torch.randn(slots, 1, out, rank, dtype=torch.bfloat16)

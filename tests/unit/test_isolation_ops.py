@@ -118,7 +118,8 @@ def test_patched_ops_match_vllm_when_every_token_has_an_adapter(
 @pytest.mark.parametrize(
     ("slots", "run"),
     [
-        ((2, -1, 0, 1, -1, 0), 3),  # decode-like: few tokens per adapter, stacked slots
+        ((2, -1, 0, 1, -1, 0), 3),  # a small decode step: vLLM's op on the adapter rows
+        ((2, -1, 0, 1, -1, 0), 8),  # a larger one (48 tokens): the stacked slots
         ((2, -1, 0, 1, -1, 0), lora_grouped.GROUPED_MIN_ROWS),  # prefill-like: one GEMM each
         ((1, -1, 1), 5),  # one adapter beside base-model tokens
         ((1,), 7),  # one adapter only: no row gathered
