@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     import torch
 
 _FEW_ROWS = 256
-# From this many tokens per adapter, one GEMM per adapter beats one against every slot: 256
-# tokens on 2 adapters 0.92 vs 1.23 ms, on 8 adapters 1.62 vs 1.32 ms; 64 on 2 about equal.
+# From this many tokens per adapter, one GEMM per adapter beats one against every slot (one
+# thread): 256 tokens on 2 adapters 0.92 vs 1.23 ms, on 8 adapters 1.62 vs 1.32 ms; 64 on 2
+# about equal.
 GROUPED_MIN_ROWS = 64
 # From this many tokens over several adapters, the stacked GEMM beats vLLM's per-token op, on
 # the worker's 2 threads here: 16 tokens on 8 adapters 0.46 vs 0.36 ms, 32 on 8 0.41 vs 0.74,

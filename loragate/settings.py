@@ -20,8 +20,9 @@ from pydantic_settings import (
 
 LEGACY_SYSTEM_PROMPT = "You are a helpful assistant."
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
-# Up to this many cores, the engine computes on all of them. Measured on 2 cores, 16 concurrent
-# chats: +29% output tokens/s and TTFT p50 1.7 s -> 1.1 s against vLLM's one reserved core.
+# Up to this many cores, the engine computes on all of them. Measured on 2 cores (`make
+# bench-quick`, 16 concurrent chats): +29% output tokens/s and TTFT p50 1.7 s -> 1.1 s against
+# vLLM's one reserved core.
 SMALL_MACHINE_CORES = 4
 
 

@@ -24,6 +24,27 @@ PERSONA_SEEDS = {"t3-alpha": 1, "t3-beta": 2, "t3-gamma": 3, "t3-delta": 4}
 PERSONA_STD = 0.05
 PROMPT = [{"role": "user", "content": "Write a short poem about cats."}]
 COMPARED_TOKENS = 8  # vLLM's greedy output varies slightly with batch composition, late in text
+# A reply made in a mixed batch must share at least this many first tokens with its model's solo
+# reply. Its LoRA rows are computed by other GEMM shapes than when alone (loragate.lora_grouped),
+# so a near-tie between two tokens can tip a few tokens in.
+MIN_SHARED_TOKENS = 4
+
+
+def shared_prefix(a: list[str], b: list[str]) -> int:
+    differing = (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    return next(differing, min(len(a), len(b)))
+
+
+def assert_own_reply(tokens: list[str], solo: dict[str, list[str]], model: str) -> None:
+    """The reply follows its own model's solo reply, and further than any other model's: an
+    adapter leaked from another request would make it follow that one's."""
+    shared = {name: shared_prefix(tokens, reference) for name, reference in solo.items()}
+    rivals = {name: n for name, n in shared.items() if name != model}
+    own = min(shared[model], COMPARED_TOKENS)
+    assert own >= MIN_SHARED_TOKENS and all(own > n for n in rivals.values()), (
+        f"{model}: {tokens[:COMPARED_TOKENS]} shares {shared[model]} first tokens with its solo "
+        f"reply {solo[model][:COMPARED_TOKENS]}, others: {rivals}"
+    )
 
 
 def make_adapters(root: Path) -> dict[str, Path]:
