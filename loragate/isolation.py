@@ -153,7 +153,7 @@ def _per_token(
     if not some_without_adapter:
         op(*operands, *args, **kwargs)
         return
-    rows = (lora_indices >= 0).nonzero().squeeze(1)
+    rows = lora_grouped.adapter_rows(lora_indices)
     selected_output = output_tensor.index_select(0, rows)
     selected = (inputs.index_select(0, rows), lora_weights, selected_output)
     op(*selected, lora_indices.index_select(0, rows), *args, **kwargs)

@@ -116,7 +116,7 @@ def _products(
         for slot, rows in _slot_rows(lora_indices, slots):
             yield rows, _select(inputs, rows).to(dtype) @ _matrix(weights, slot).to(dtype).T
     else:
-        rows = slice(None) if slots[0] >= 0 else (lora_indices >= 0).nonzero().squeeze(1)
+        rows = slice(None) if slots[0] >= 0 else adapter_rows(lora_indices)
         selected = _select(inputs, rows).to(dtype)
         yield rows, _stacked_product(selected, weights.to(dtype), _select(lora_indices, rows))
 
@@ -147,6 +147,11 @@ def _matrix(weights: torch.Tensor, slot: int) -> torch.Tensor:
 
 def _select(tensor: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
     return tensor[rows] if isinstance(rows, slice) else tensor.index_select(0, rows)
+
+
+def adapter_rows(lora_indices: torch.Tensor) -> torch.Tensor:
+    """The indices of the rows that have an adapter (slot >= 0)."""
+    return (lora_indices >= 0).nonzero().squeeze(1)
 
 
 def distinct_slots(lora_indices: torch.Tensor) -> list[int]:
