@@ -27,8 +27,11 @@ Why these choices:
   more, in a few GEMMs. A small batch over several adapters (a decode step of a few mixed
   personas) stays on vLLM's op, which is faster there, run on just the rows with an adapter.
   The upstream patch instead clamps -1 to slot 0 and zeroes the result, still computing every
-  base row. Each wrapper keeps vLLM's op as `__wrapped__`; inputs outside the contract (one
-  index per row) go to it when every row has an adapter and are refused otherwise.
+  base row. Each wrapper keeps vLLM's op as `__wrapped__`. A call with other than one index
+  per row (the logits LoRA over a request's prompt-logprobs rows) is resolved by
+  `_row_indices`; nothing here raises in the worker, where it would kill the engine.
+- An adapter's rows are kept finite and bounded after every expand (`bound_adapter_rows`):
+  non-finite activations would reach KV-cache blocks that other requests reuse later.
 - The names patched are the ones looked up at call time: `PunicaWrapperCPU` calls the
   `bgmv_*` names it imported into `punica_cpu`, and its `sgmv_*` (prefill, the path vLLM takes
   on the CPU) call the `bgmv_*` globals of `lora_ops`; `vllm.lora.ops.torch_ops` re-exports
@@ -108,8 +111,13 @@ def is_isolated(op: LoraOp) -> bool:
 
 def isolated(op: LoraOp) -> LoraOp:
     """vLLM's bgmv op `(inputs, weights, output, lora_indices, *rest)` with -1 rows skipped:
-    by `lora_grouped` where it is faster, else by vLLM's op on the rows with an adapter."""
+    by `lora_grouped` where it is faster, else by vLLM's op on the rows with an adapter.
+
+    It never raises for a call vLLM's own op accepts: it runs in vLLM's worker, where an
+    exception kills the engine for every client.
+    """
     fast: LoraOp = getattr(lora_grouped, op.__name__)
+    expand = not op.__name__.endswith("shrink")
 
     @functools.wraps(op)
     def skip_rows_without_adapter(
@@ -120,25 +128,109 @@ def isolated(op: LoraOp) -> LoraOp:
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        operands = (inputs, lora_weights, output_tensor, lora_indices_tensor)
+        indices: torch.Tensor | None = lora_indices_tensor
         if not _one_row_per_index(inputs, output_tensor, lora_indices_tensor):
-            if bool((lora_indices_tensor >= 0).all()):
-                op(*operands, *args, **kwargs)
-                return
-            raise ValueError(
-                f"{PLUGIN_NAME}: {lora_indices_tensor.shape[0]} LoRA indices for "
-                f"{inputs.shape[0]} input rows and {output_tensor.shape[0]} output rows"
+            indices = _row_indices(
+                op, inputs, lora_weights, output_tensor, lora_indices_tensor, args, kwargs
             )
-        slots = lora_grouped.distinct_slots(lora_indices_tensor)
+        if indices is None:
+            return
+        operands = (inputs, lora_weights, output_tensor, indices)
+        slots = lora_grouped.distinct_slots(indices)
         if slots[-1] < 0:
             return  # no adapter in the batch
-        if len(slots) > 1 and lora_indices_tensor.shape[0] < lora_grouped.STACKED_MIN_ROWS:
+        if len(slots) > 1 and indices.shape[0] < lora_grouped.STACKED_MIN_ROWS:
             _per_token(op, slots[0] < 0, operands, args, kwargs)
         else:
-            fast(*operands, *args, slots=slots, **kwargs)
+            try:
+                fast(*operands, *args, slots=slots, **kwargs)
+            except (RuntimeError, ValueError, IndexError):
+                logger.exception("%s: fast LoRA op failed; vLLM's op instead", PLUGIN_NAME)
+                _per_token(op, slots[0] < 0, operands, args, kwargs)
+        if expand:
+            bound_adapter_rows(output_tensor, indices, *_written_columns(op.__name__, args, kwargs))
 
     setattr(skip_rows_without_adapter, _ISOLATED, True)
     return skip_rows_without_adapter
+
+
+def _row_indices(
+    op: LoraOp,
+    inputs: torch.Tensor,
+    lora_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices: torch.Tensor,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> torch.Tensor | None:
+    """For a call without one index per row: one index per row, or None when it is done.
+
+    vLLM's logits LoRA (`add_lora_logits`) passes its sampler indices, one per request, also
+    for the prompt-logprobs rows of a single request (`compute_logits` over its prompt). When
+    every request of the batch has the same slot, that slot is every row's. With every row on
+    an adapter, vLLM's op gets the call as it is (it broadcasts one input row). Otherwise a row's
+    request is unknown and the rows are skipped, which is exact when the slots hold no logits
+    weights: loragate's validation refuses adapters of `lm_head`, so theirs are zero.
+    """
+    import torch
+
+    slots = lora_grouped.distinct_slots(lora_indices)
+    if slots[-1] < 0:
+        return None
+    if len(slots) == 1 and inputs.shape[0] == output_tensor.shape[0]:
+        return torch.full((inputs.shape[0],), slots[0], dtype=lora_indices.dtype)
+    if slots[0] >= 0:
+        try:
+            op(inputs, lora_weights, output_tensor, lora_indices, *args, **kwargs)
+            return None
+        except (RuntimeError, ValueError, IndexError):
+            pass  # vLLM's op refuses it too: skipped, below
+    if bool(lora_weights[[s for s in slots if s >= 0]].any()):
+        logger.warning(
+            "%s: %d rows for %d LoRA indices over several adapters with logits weights; "
+            "their adapters' logits deltas are left out",
+            PLUGIN_NAME,
+            inputs.shape[0],
+            lora_indices.shape[0],
+        )
+    return None
+
+
+# Every activation of a model served in fp16 fits fp16's range, so no real adapter's output
+# reaches it; a broken one (huge weights) could otherwise turn its rows inf or NaN, and those
+# values would reach the KV cache blocks that later requests reuse.
+ACTIVATION_BOUND = 65504.0
+
+
+def bound_adapter_rows(
+    output: torch.Tensor, lora_indices: torch.Tensor, start: int = 0, end: int | None = None
+) -> None:
+    """Keep an adapter's rows finite: NaN to 0, the rest clamped to +-ACTIVATION_BOUND."""
+    written = output[:, start:end]
+    if bool((lora_indices >= 0).all()):
+        _bound(written)
+        return
+    rows = lora_grouped.adapter_rows(lora_indices)
+    selected = written.index_select(0, rows)
+    _bound(selected)
+    written.index_copy_(0, rows, selected)
+
+
+def _bound(tensor: torch.Tensor) -> None:
+    import torch
+
+    torch.nan_to_num_(tensor, nan=0.0, posinf=ACTIVATION_BOUND, neginf=-ACTIVATION_BOUND)
+    tensor.clamp_(-ACTIVATION_BOUND, ACTIVATION_BOUND)
+
+
+def _written_columns(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[int, int | None]:
+    if not name.endswith("slice"):
+        return 0, None
+    offset = int(args[0]) if args else int(kwargs["slice_offset"])
+    size = int(args[1]) if len(args) > 1 else int(kwargs["slice_size"])
+    return offset, offset + size
 
 
 def _per_token(
@@ -163,7 +255,6 @@ def _per_token(
 def _one_row_per_index(
     inputs: torch.Tensor, output_tensor: torch.Tensor, lora_indices: torch.Tensor
 ) -> bool:
-    # vLLM passes one index per token row; anything else means the ops' contract has changed.
     n = lora_indices.shape[0]
     return inputs.shape[0] == n and output_tensor.shape[0] == n
 

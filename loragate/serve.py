@@ -9,6 +9,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from loragate.server.app import create_app
+from loragate.server.connections import with_header_timeout
 from loragate.server.observability import configure_logging
 from loragate.settings import ServerSettings
 
@@ -43,7 +44,13 @@ def serve_app(app: ASGIApp, settings: ServerSettings) -> None:
     """Serve `app` on the settings' ports (the benchmark's instant-engine server uses it too)."""
     sockets = listening_sockets(settings)
     config = uvicorn.Config(
-        app, log_level=settings.log_level, timeout_graceful_shutdown=5, access_log=False
+        app,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+        access_log=False,
+        http=with_header_timeout(settings.header_read_timeout),
+        timeout_keep_alive=settings.timeout_keep_alive,
+        limit_concurrency=settings.max_connections,
     )
     ports = ", ".join(str(s.getsockname()[1]) for s in sockets)
     logger.info("listening on %s port(s) %s", settings.host, ports)

@@ -24,6 +24,9 @@ RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 # bench-quick`, 16 concurrent chats): +29% output tokens/s and TTFT p50 1.7 s -> 1.1 s against
 # vLLM's one reserved core.
 SMALL_MACHINE_CORES = 4
+# A token is a few characters, each at most 6 bytes as a JSON escape (\uXXXX): 32 bytes per
+# token leaves room for the longest context in any text, with the JSON around it.
+BODY_BYTES_PER_TOKEN = 32
 
 
 class _LoragateSettings(BaseSettings):
@@ -144,12 +147,46 @@ class ServerSettings(EngineSettings):
     legacy_max_new_tokens: int = Field(
         default=512, ge=1, description="Default max_new_tokens of the legacy endpoint."
     )
+    legacy_serves_all_routes: bool = Field(
+        default=False,
+        description="Serve every route on the legacy port too; by default it serves only the "
+        "tutorial's `POST /` and /health.",
+    )
+    max_request_body_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Largest request body accepted (413 beyond it). Default: room for the "
+        f"longest context, {BODY_BYTES_PER_TOKEN} bytes per token of max_model_len plus 1 MiB.",
+    )
+    max_sequences_per_request: int = Field(
+        default=256,
+        ge=1,
+        description="Most sequences one request may start (prompts times n on /v1/completions).",
+    )
+    timeout_keep_alive: int = Field(
+        default=5, ge=1, description="Seconds an idle keep-alive connection stays open."
+    )
+    header_read_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers; slower ones are closed.",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Concurrent connections and requests; beyond it new ones get 503.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."
     )
 
     def legacy_enabled(self) -> bool:
         return bool(self.legacy_port)
+
+    def body_limit(self) -> int:
+        if self.max_request_body_bytes is not None:
+            return self.max_request_body_bytes
+        return BODY_BYTES_PER_TOKEN * self.max_model_len + 2**20
 
 
 def settings_kwargs(**overrides: Any) -> dict[str, Any]:

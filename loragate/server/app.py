@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 import loragate
 from loragate.server.errors import install_error_handlers
+from loragate.server.limits import LEGACY_ROUTES, BodyLimitMiddleware, LegacyPortMiddleware
 from loragate.server.observability import RequestIdMiddleware
 from loragate.server.routers import chat, completions, legacy, models, personas, web
 from loragate.server.state import AppState
@@ -32,10 +33,20 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
         async with state_factory(settings) as state:
             app.state.loragate = state
             logger.info("serving %s", state.catalog.base_name)
-            yield
+            try:
+                yield
+            finally:
+                state.preparer.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="loragate", version=loragate.__version__, lifespan=lifespan)
     install_error_handlers(app)
+    # Added innermost first: the request id wraps everything, so that a refusal here has one.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.body_limit())
+    if settings.legacy_enabled() and not settings.legacy_serves_all_routes:
+        assert settings.legacy_port is not None
+        app.add_middleware(
+            LegacyPortMiddleware, legacy_port=settings.legacy_port, routes=LEGACY_ROUTES
+        )
     app.add_middleware(RequestIdMiddleware)
     for router in (chat.router, completions.router, models.router, legacy.router, web.router):
         app.include_router(router)

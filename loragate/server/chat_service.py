@@ -11,14 +11,22 @@ from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from openai.types.chat.chat_completion_chunk import ChoiceLogprobs as ChunkLogprobs
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
-from openai.types.completion_usage import CompletionUsage
 
 from loragate.prompting import Message, render_prompt_ids
 from loragate.server.engine.protocol import Engine
+from loragate.server.engine.types import ChoiceDelta as EngineDelta
 from loragate.server.engine.types import TokenLogprob
-from loragate.server.generation import Prepared, generate_all, prepare, stream_updates, usage
+from loragate.server.generation import (
+    NO_USAGE,
+    Prepared,
+    UsageMode,
+    generate_all,
+    prepare,
+    stream_updates,
+    usage,
+)
 from loragate.server.protocol import ChatCompletionRequest
-from loragate.server.sampling import completion_budget, sampling_options
+from loragate.server.sampling import check_prompt_chars, completion_budget, sampling_options
 from loragate.server.targets import ModelTarget, SamplingDefaults
 
 
@@ -40,7 +48,10 @@ def prepare_chat(
     request: ChatCompletionRequest,
     model_defaults: SamplingDefaults,
 ) -> Prepared:
-    prompt_ids = render_prompt_ids(engine.tokenizer, conversation(request, target))
+    messages = conversation(request, target)
+    chars = sum(len(m["content"]) for m in messages)
+    check_prompt_chars(chars, engine.max_token_chars, engine.max_model_len, "messages")
+    prompt_ids = render_prompt_ids(engine.tokenizer, messages)
     defaults = target.defaults.over(model_defaults)
     budget = completion_budget(
         request.token_budget(), defaults.max_tokens, len(prompt_ids), engine.max_model_len
@@ -90,13 +101,17 @@ async def chat_completion(
 
 
 async def chat_stream(
-    engine: Engine, prepared: Prepared, model_name: str, request_id: str, include_usage: bool
+    engine: Engine,
+    prepared: Prepared,
+    model_name: str,
+    request_id: str,
+    usage_mode: UsageMode = NO_USAGE,
 ) -> AsyncIterator[ChatCompletionChunk]:
     created = int(time.time())
+    prompt_tokens = len(prepared.prompt_token_ids)
+    completion_tokens = 0
 
-    def chunk(
-        choices: list[ChunkChoice], usage: CompletionUsage | None = None
-    ) -> ChatCompletionChunk:
+    def chunk(choices: list[ChunkChoice], final: bool = False) -> ChatCompletionChunk:
         result = ChatCompletionChunk(
             id=request_id,
             object="chat.completion.chunk",
@@ -104,37 +119,42 @@ async def chat_stream(
             model=model_name,
             choices=choices,
         )
-        if include_usage:  # then every chunk carries `usage`, null but on the last
-            result.usage = usage
+        if usage_mode.include:  # then every chunk carries `usage`: null (or so far) but last
+            so_far = final or usage_mode.continuous
+            result.usage = usage(prompt_tokens, completion_tokens) if so_far else None
         return result
 
-    yield chunk(
-        [
-            ChunkChoice(
-                index=i, delta=ChoiceDelta(role="assistant", content=""), finish_reason=None
-            )
-            for i in range(prepared.options.n)
-        ]
-    )
-    completion_tokens = 0
+    role_sent = False
     async for update in stream_updates(engine, prepared, request_id):
+        if not role_sent:  # with the first output, as vLLM does: peers time the first token
+            role_sent = True
+            yield chunk(_role_choices(prepared.options.n))
         choices = []
         for delta in update.choices:
             completion_tokens += len(delta.token_ids)
             if not (delta.text or delta.logprobs or delta.finish_reason):  # held-back bytes
                 continue
-            logprobs = None
-            if delta.logprobs is not None:
-                logprobs = ChunkLogprobs(content=_token_logprobs(delta.logprobs))
-            choices.append(
-                ChunkChoice(
-                    index=delta.index,
-                    delta=ChoiceDelta(content=delta.text),
-                    finish_reason=delta.finish_reason,
-                    logprobs=logprobs,
-                )
-            )
+            choices.append(_chunk_choice(delta))
         if choices:
             yield chunk(choices)
-    if include_usage:
-        yield chunk([], usage(len(prepared.prompt_token_ids), completion_tokens))
+    if usage_mode.include:
+        yield chunk([], final=True)
+
+
+def _role_choices(n: int) -> list[ChunkChoice]:
+    return [
+        ChunkChoice(index=i, delta=ChoiceDelta(role="assistant", content=""), finish_reason=None)
+        for i in range(n)
+    ]
+
+
+def _chunk_choice(delta: EngineDelta) -> ChunkChoice:
+    logprobs = None
+    if delta.logprobs is not None:
+        logprobs = ChunkLogprobs(content=_token_logprobs(delta.logprobs))
+    return ChunkChoice(
+        index=delta.index,
+        delta=ChoiceDelta(content=delta.text),
+        finish_reason=delta.finish_reason,
+        logprobs=logprobs,
+    )

@@ -13,8 +13,10 @@ from loragate.server.engine.protocol import Engine
 from loragate.server.engine.types import GenerationUpdate, TokenLogprob
 from loragate.server.errors import BadRequestError
 from loragate.server.generation import (
+    NO_USAGE,
     GenerationResult,
     Prepared,
+    UsageMode,
     generate_all,
     merge,
     prepare,
@@ -22,7 +24,13 @@ from loragate.server.generation import (
     usage,
 )
 from loragate.server.protocol import CompletionRequest
-from loragate.server.sampling import completion_budget, completion_logprobs, sampling_options
+from loragate.server.sampling import (
+    check_prompt_chars,
+    check_token_ids,
+    completion_budget,
+    completion_logprobs,
+    sampling_options,
+)
 from loragate.server.targets import ModelTarget, SamplingDefaults
 
 
@@ -31,17 +39,24 @@ def prepare_completions(
     target: ModelTarget,
     request: CompletionRequest,
     model_defaults: SamplingDefaults,
+    max_sequences: int,
 ) -> list[Prepared]:
     prompts = request.prompts()
     if not prompts:
         raise BadRequestError("prompt must not be empty", param="prompt")
     if request.suffix:
         raise BadRequestError("suffix is not supported", param="suffix")
+    if len(prompts) * request.n > max_sequences:
+        raise BadRequestError(
+            f"{len(prompts)} prompts times n={request.n} make {len(prompts) * request.n} "
+            f"sequences; at most {max_sequences} are allowed per request",
+            param="n" if request.n > 1 else "prompt",
+        )
     defaults = target.defaults.over(model_defaults)
     logprobs, prompt_logprobs = completion_logprobs(request)
     prepared = []
     for prompt in prompts:
-        ids = engine.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = _prompt_ids(engine, prompt)
         budget = completion_budget(
             request.max_tokens, defaults.max_tokens, len(ids), engine.max_model_len
         )
@@ -52,15 +67,25 @@ def prepare_completions(
     return prepared
 
 
+def _prompt_ids(engine: Engine, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        check_prompt_chars(len(prompt), engine.max_token_chars, engine.max_model_len, "prompt")
+        return engine.tokenizer.encode(prompt)
+    check_token_ids(prompt, engine.vocab_size, "prompt")
+    return list(prompt)
+
+
 def _logprobs(entries: list[TokenLogprob | None], fallback_tokens: list[str]) -> Logprobs:
-    """OpenAI's legacy logprobs; an entry without logprobs (the first prompt token) is null."""
+    """OpenAI's legacy logprobs; an entry without logprobs (the first prompt token) is null.
+    Each position's top_logprobs holds the chosen token too, as OpenAI's and vLLM's do (so
+    logprobs=0 still names it)."""
     tokens, token_logprobs, top, offsets = [], [], [], []
     offset = 0
     for i, entry in enumerate(entries):
         token = entry.token if entry else fallback_tokens[i]
         tokens.append(token)
         token_logprobs.append(entry.logprob if entry else None)
-        top.append(dict(entry.top) if entry else None)
+        top.append({**dict(entry.top), entry.token: entry.logprob} if entry else None)
         offsets.append(offset)
         offset += len(token)
     # model_construct: OpenAI sends null for the first echoed token, which the SDK type omits.
@@ -69,8 +94,9 @@ def _logprobs(entries: list[TokenLogprob | None], fallback_tokens: list[str]) ->
     )
 
 
-def _prompt_tokens(engine: Engine, prepared: Prepared) -> list[str]:
-    return [engine.tokenizer.decode([t]) for t in prepared.prompt_token_ids]
+def _first_token_text(engine: Engine, prepared: Prepared) -> str:
+    """The first prompt token has no logprob, so no text from the engine: decode it here."""
+    return engine.tokenizer.decode(prepared.prompt_token_ids[:1])
 
 
 def _echo_prefix(engine: Engine, prepared: Prepared, echo: bool) -> str:
@@ -89,8 +115,8 @@ def _choices(
             fallback = [""] * len(entries)
             if echo:
                 prompt_entries = list(result.prompt_logprobs or [])
-                fallback = _prompt_tokens(engine, prepared) + fallback
                 entries = prompt_entries + entries
+                fallback = [_first_token_text(engine, prepared)] + [""] * len(entries)
             logprobs = _logprobs(entries, fallback)
         choices.append(
             CompletionChoice(
@@ -139,13 +165,13 @@ async def completion_stream(
     model_name: str,
     request_id: str,
     echo: bool,
-    include_usage: bool,
+    usage_mode: UsageMode = NO_USAGE,
 ) -> AsyncIterator[Completion]:
     created = int(time.time())
+    prompt_tokens = sum(len(p.prompt_token_ids) for p in prepared)
     streams = [
         _tagged(i, stream_updates(engine, p, f"{request_id}-{i}")) for i, p in enumerate(prepared)
     ]
-    extra = {"usage": None} if include_usage else {}
     echoed: set[int] = set()
     completion_tokens = 0
     async for prompt_index, update in merge(streams):
@@ -169,16 +195,18 @@ async def completion_stream(
                 )
             )
         if choices:
-            yield Completion(
+            chunk = Completion(
                 id=request_id,
                 object="text_completion",
                 created=created,
                 model=model_name,
                 choices=choices,
-                **extra,
             )
-    if include_usage:
-        prompt_tokens = sum(len(p.prompt_token_ids) for p in prepared)
+            if usage_mode.include:  # null on every chunk but the last, or so far (vLLM's)
+                continuous = usage_mode.continuous
+                chunk.usage = usage(prompt_tokens, completion_tokens) if continuous else None
+            yield chunk
+    if usage_mode.include:
         yield Completion(
             id=request_id,
             object="text_completion",

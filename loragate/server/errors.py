@@ -78,6 +78,12 @@ class ClientClosedRequestError(GatewayError):
     type = "client_closed_request"
 
 
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class EngineUnavailableError(GatewayError):
     status = 503
     type = "service_unavailable_error"
@@ -97,10 +103,13 @@ def _param_of(loc: Sequence[int | str]) -> str | None:
 
 def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     first = errors[0]
-    param = _param_of(first.get("loc", ()))
+    # A check of the whole body (an unsupported field) names its field in the error's context.
+    param = _param_of(first.get("loc", ())) or first.get("ctx", {}).get("param")
     msg = first.get("msg", "invalid value")
     if first.get("type") == "json_invalid":
         return f"Malformed JSON body: {first.get('ctx', {}).get('error', msg)}", None
+    if first.get("ctx", {}).get("param"):
+        return msg, param
     return (f"Invalid value for '{param}': {msg}" if param else msg), param
 
 

@@ -32,6 +32,17 @@ def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
 
 
 @dataclass(frozen=True)
+class UsageMode:
+    """`stream_options`: usage in a last chunk, and (vLLM's) usage so far on every chunk."""
+
+    include: bool = False
+    continuous: bool = False
+
+
+NO_USAGE = UsageMode()
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A request ready for the engine."""
 

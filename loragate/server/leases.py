@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from loragate.server.state import catalog
+from loragate.server.state import app_state, catalog
 from loragate.server.streaming import EventStreamResponse, sse_events, until_disconnect
 from loragate.server.targets import ModelTarget
 
@@ -43,7 +43,7 @@ async def respond(
     or as SSE; the lease lasts until the last byte, and a departed client cancels the work."""
     target, lease = await open_lease(request, model)
     try:
-        prepared = prepare(target)
+        prepared = await app_state(request).off_loop(lambda: prepare(target))
     except BaseException:
         await lease.aclose()
         raise

@@ -2,15 +2,105 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Counts and lengths beyond any sensible request; the engine stores them in 32-bit fields.
+INT32_MAX = 2**31 - 1
+MAX_STOP_STRINGS = 64
+MAX_LOGIT_BIAS_ENTRIES = 1024
+
+# Fields of OpenAI's API that change nothing a server of open models produces (billing,
+# storage, routing hints, predicted outputs that only save latency): accepted and ignored.
+IGNORED_FIELDS = frozenset(
+    {
+        "metadata",
+        "store",
+        "service_tier",
+        "prediction",
+        "prompt_cache_key",
+        "safety_identifier",
+        "modalities",  # only ["text"] passes the check below
+    }
+)
+# Fields a client relies on, not served yet: a 400 naming them rather than a reply that
+# silently lacks what was asked for.
+REFUSED_FIELDS = {
+    "tools": "Tool calling is not supported yet",
+    "tool_choice": "Tool calling is not supported yet",
+    "functions": "Function calling is not supported yet",
+    "function_call": "Function calling is not supported yet",
+    "audio": "Audio output is not supported",
+    "web_search_options": "Web search is not supported",
+    "use_beam_search": "Beam search is not supported",
+    "prompt_logprobs": "prompt_logprobs is not supported; use /v1/completions with echo and "
+    "logprobs for the prompt's logprobs",
+    "reasoning_effort": "This model does not reason; reasoning_effort is not supported",
+}
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or value is False or value == [] or value == {} or value == "none"
+
+
+def _check_text(value: Any) -> None:
+    """Refuse lone surrogates anywhere in the body: they cannot be tokenized (an iterative walk:
+    a body nests as deep as the JSON parser allows)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"text contains an invalid character at position {exc.start} "
+                    "(a lone UTF-16 surrogate)"
+                ) from exc
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 class _Request(BaseModel):
-    # Unknown fields are accepted and ignored, as OpenAI-compatible servers do: SDKs and
-    # frameworks send fields (`metadata`, `parallel_tool_calls`...) that change nothing here.
-    model_config = ConfigDict(extra="ignore")
+    """A request body: no NaN or infinity, no lone surrogates, and no field that would be
+    silently dropped. Extras are kept only to be checked (`_known_fields_only`)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        _check_text(data)
+        return data
+
+    @model_validator(mode="after")
+    def _known_fields_only(self) -> Self:
+        for name, value in (self.model_extra or {}).items():
+            if name in REFUSED_FIELDS:
+                if not _is_empty(value):
+                    raise PydanticCustomError(
+                        "unsupported_field", REFUSED_FIELDS[name] + " ('{param}')", {"param": name}
+                    )
+            elif name == "modalities":
+                if value not in (None, ["text"]):
+                    raise PydanticCustomError(
+                        "unsupported_field",
+                        "Only the text modality is supported ('{param}')",
+                        {"param": name},
+                    )
+            elif name not in IGNORED_FIELDS:
+                raise PydanticCustomError(
+                    "unrecognized_field",
+                    "Unrecognized request argument supplied: {param}",
+                    {"param": name},
+                )
+        return self
 
 
 class TextPart(BaseModel):
@@ -19,11 +109,21 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    # Message fields OpenAI's SDK may send that change nothing here (`refusal`, `audio`) are
+    # ignored; tool calls in the history are refused until tool calling lands.
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[Any] | None = None
+    function_call: Any = None
+
+    @model_validator(mode="after")
+    def _no_tool_calls(self) -> ChatMessage:
+        if self.tool_calls or self.function_call:
+            raise ValueError("Tool calls in messages are not supported yet")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -34,7 +134,10 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage so far on every chunk
 
 
 class JsonSchemaSpec(BaseModel):
@@ -45,6 +148,8 @@ class JsonSchemaSpec(BaseModel):
 
 
 class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaSpec | None = None
 
@@ -55,8 +160,33 @@ class ResponseFormat(BaseModel):
         return self
 
 
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` extra: exactly one constraint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = Field(default=None, min_length=1)
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputs:
+        given = [k for k, v in self.model_dump(by_alias=True).items() if v not in (None, False)]
+        if len(given) != 1:
+            raise ValueError("structured_outputs takes exactly one of json, regex, choice, grammar")
+        return self
+
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+StopString = Annotated[str, Field(max_length=4096)]
+# A logit bias is added to the logit: OpenAI bounds it to [-100, 100] (-100 bans the token).
+LogitBias = dict[
+    Annotated[str, Field(pattern=r"^\d{1,10}$")], Annotated[float, Field(ge=-100, le=100)]
+]
 
 
 class SamplingFields(_Request):
@@ -66,32 +196,56 @@ class SamplingFields(_Request):
     n: int = Field(default=1, ge=1, le=16)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: Probability | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    logit_bias: Annotated[LogitBias, Field(max_length=MAX_LOGIT_BIAS_ENTRIES)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: int | None = Field(default=None, ge=-1, le=INT32_MAX)
     min_p: Probability | None = None
-    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    # Values above a few make no sense; a huge one turns logits infinite in the sampler.
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=100.0)
     ignore_eos: bool = False
-    min_tokens: int = Field(default=0, ge=0)
+    min_tokens: Count = 0
+    structured_outputs: StructuredOutputs | None = None
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> Self:
+        if self.stream_options is not None and not self.stream:
+            raise PydanticCustomError(
+                "stream_options",
+                "{param} is only allowed when stream is true",
+                {"param": "stream_options"},
+            )
+        return self
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def continuous_usage(self) -> bool:
+        options = self.stream_options
+        return bool(options and options.include_usage and options.continuous_usage_stats)
+
+
+MaxTokens = Annotated[int, Field(ge=1, le=INT32_MAX)]
+
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    parallel_tool_calls: bool | None = None  # meaningless without tools, which are refused
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
@@ -103,9 +257,12 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=1)
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    max_tokens: MaxTokens | None = 16
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
@@ -127,14 +284,21 @@ class LegacyTurn(BaseModel):
 
 
 class LegacyPromptRequest(BaseModel):
-    """The tutorial's `POST /` body, with the optional fields loragate adds."""
+    """The tutorial's `POST /` body, with the optional fields loragate adds. Unknown fields
+    are ignored, as the tutorial's server did."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        _check_text(data)
+        return data
 
     prompt: str
     history: list[LegacyTurn] | list[tuple[str, str]] = Field(default_factory=list)
     system: str | None = None
-    max_new_tokens: int | None = Field(default=None, ge=1)
+    max_new_tokens: MaxTokens | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: Probability | None = None
     model: str | None = None

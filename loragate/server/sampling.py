@@ -48,7 +48,7 @@ def sampling_options(
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
 ) -> SamplingOptions:
-    json_schema, json_object = _structured(request)
+    structured = _structured(request)
     return SamplingOptions(
         max_tokens=max_tokens,
         n=request.n,
@@ -65,8 +65,8 @@ def sampling_options(
         min_tokens=request.min_tokens,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
-        json_schema=json_schema,
-        json_object=json_object,
+        logit_bias=_logit_bias(request),
+        **structured,
     )
 
 
@@ -74,9 +74,32 @@ def _top_k(value: int) -> int:
     return 0 if value < 0 else value  # OpenAI-style -1 and vLLM's 0 both mean "off"
 
 
-def _structured(request: SamplingFields) -> tuple[dict[str, Any] | None, bool]:
+def _logit_bias(request: SamplingFields) -> dict[int, float] | None:
+    if not request.logit_bias:
+        return None
+    return {int(token): bias for token, bias in request.logit_bias.items()}
+
+
+def _structured(request: SamplingFields) -> dict[str, Any]:
+    """The SamplingOptions constraint fields: from vLLM's `structured_outputs`, else from
+    OpenAI's `response_format` (chat)."""
+    if request.structured_outputs is not None:
+        given = request.structured_outputs
+        fmt = request.response_format if isinstance(request, ChatCompletionRequest) else None
+        if fmt is not None and fmt.type != "text":
+            raise BadRequestError(
+                "Give either response_format or structured_outputs, not both",
+                param="structured_outputs",
+            )
+        return {
+            "json_schema": given.json_,
+            "json_object": bool(given.json_object),
+            "regex": given.regex,
+            "choice": tuple(given.choice) if given.choice else None,
+            "grammar": given.grammar,
+        }
     if not isinstance(request, ChatCompletionRequest) or request.response_format is None:
-        return None, False
+        return {}
     fmt = request.response_format
     if fmt.type == "json_schema":
         assert fmt.json_schema is not None
@@ -85,8 +108,30 @@ def _structured(request: SamplingFields) -> tuple[dict[str, Any] | None, bool]:
                 "response_format.json_schema.schema must be a non-empty JSON schema",
                 param="response_format.json_schema.schema",
             )
-        return fmt.json_schema.schema_, False
-    return None, fmt.type == "json_object"
+        return {"json_schema": fmt.json_schema.schema_}
+    return {"json_object": fmt.type == "json_object"}
+
+
+def check_prompt_chars(chars: int, max_token_chars: int, max_model_len: int, param: str) -> None:
+    """A 400 for a text that cannot fit the context whatever its tokens, before tokenizing it
+    (tokenizing megabytes takes seconds and gigabytes)."""
+    limit = max_model_len * max_token_chars
+    if chars > limit:
+        raise ContextLengthError(
+            f"This model's maximum context length is {max_model_len} tokens; the prompt has "
+            f"{chars} characters, more than {max_model_len} tokens can hold ({limit}). "
+            "Shorten the prompt.",
+            param=param,
+        )
+
+
+def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
+    bad = next((t for t in ids if t >= vocab_size), None)
+    if bad is not None:
+        raise BadRequestError(
+            f"Token id {bad} is out of vocabulary (the vocabulary has {vocab_size} tokens)",
+            param=param,
+        )
 
 
 def completion_logprobs(request: CompletionRequest) -> tuple[int | None, int | None]:

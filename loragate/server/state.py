@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from starlette.requests import Request
 
@@ -13,6 +18,14 @@ from loragate.server.errors import NotFoundError
 from loragate.server.targets import ModelCatalog, SamplingDefaults
 from loragate.settings import ServerSettings
 
+T = TypeVar("T")
+
+
+def _preparer() -> ThreadPoolExecutor:
+    # One thread: a Hugging Face tokenizer is not safe to call from several threads at once
+    # ("Already borrowed"), and one keeps requests in arrival order.
+    return ThreadPoolExecutor(1, thread_name_prefix="loragate-prepare")
+
 
 @dataclass
 class AppState:
@@ -21,6 +34,13 @@ class AppState:
     catalog: ModelCatalog
     model_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     started_at: float = field(default_factory=time.time)
+    # Template rendering, tokenizing and engine-side checks: off the event loop, so that one
+    # long prompt does not stall every open stream.
+    preparer: ThreadPoolExecutor = field(default_factory=_preparer)
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        context = contextvars.copy_context()  # the request id for the log lines
+        return await asyncio.get_running_loop().run_in_executor(self.preparer, context.run, work)
 
 
 def app_state(request: Request) -> AppState:

@@ -160,12 +160,43 @@ def test_patched_op_leaves_a_batch_without_adapters_alone(lora_ops: ModuleType) 
     assert torch.equal(out, t["out_rank"])
 
 
-def test_patched_op_refuses_rows_that_do_not_match_the_indices(lora_ops: ModuleType) -> None:
+def test_prompt_logprob_rows_of_one_adapter_get_that_adapter(lora_ops: ModuleType) -> None:
+    # vLLM's logits LoRA passes one index per request for a request's prompt-logprobs rows.
     t = _tensors()
-    with pytest.raises(ValueError, match="LoRA indices"):
-        isolation.isolated(lora_ops.bgmv_shrink)(
-            t["x"][:4], t["lora_a"], t["out_rank"][:4], INDICES, 1.0
-        )
+    out, before = t["out_rank"][:4].clone(), t["out_rank"][:4].clone()
+    isolation.isolated(lora_ops.bgmv_shrink)(t["x"][:4], t["lora_a"], out, torch.tensor([2]), 1.0)
+    for row in range(4):
+        torch.testing.assert_close(out[row], t["lora_a"][2, 0] @ t["x"][row])
+    assert not torch.equal(out, before)
+
+
+@pytest.mark.parametrize("indices", [[-1], [-1, -1, -1], [1, -1, 0], [2, 1, 0]])
+def test_rows_whose_adapter_is_unknown_are_never_written_and_nothing_raises(
+    lora_ops: ModuleType, indices: list[int]
+) -> None:
+    t = _tensors()
+    for name, inputs, out, tail in (
+        ("bgmv_shrink", t["x"][:4], t["out_rank"][:4].clone(), (1.0,)),
+        ("bgmv_expand", t["h"][:4], t["out_wide"][:4, :WIDTH].clone(), (True,)),
+    ):
+        before = out.clone()
+        weights = t["lora_a"] if name.endswith("shrink") else t["lora_b"]
+        op = isolation.isolated(getattr(lora_ops, name))
+        op(inputs, weights, out, torch.tensor(indices), *tail)
+        assert torch.equal(out, before), name
+
+
+def test_an_adapters_rows_stay_finite_and_base_rows_untouched(lora_ops: ModuleType) -> None:
+    t = _tensors()
+    huge = t["lora_b"] * 1e30
+    out = t["out_wide"][:, :WIDTH].clone()
+    out[INDICES < 0] = float("nan")  # a base row is never touched, whatever it holds
+    before = out.clone()
+    isolation.isolated(lora_ops.bgmv_expand)(t["h"] * 1e30, huge, out, INDICES, True)
+    with_adapter = INDICES >= 0
+    assert bool(out[with_adapter].isfinite().all())
+    assert float(out[with_adapter].abs().max()) <= isolation.ACTIVATION_BOUND
+    assert torch.equal(out[~with_adapter].isnan(), before[~with_adapter].isnan())
 
 
 def test_patched_op_leaves_vllm_shapes_it_does_not_know_to_vllm(lora_ops: ModuleType) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from loragate.cli import build_parser
 from loragate.cli_settings import settings_from_arguments
+from loragate.engine_tether import GATEWAY_PID_ENV
 from loragate.server.engine.vllm_engine import engine_environment
 from loragate.settings import RESERVED_CPU_ENV, ServerSettings
 
@@ -85,6 +87,6 @@ def test_small_machines_reserve_no_core_off_the_engine(
         monkeypatch.setenv(RESERVED_CPU_ENV, env)
     settings = parse(*(["--cpu-reserved-cores", flag] if flag else []))
     assert settings.resolved_cpu_reserved_cores() == reserved
-    assert engine_environment(settings) == (
-        {} if reserved is None else {RESERVED_CPU_ENV: str(reserved)}
-    )
+    environment = engine_environment(settings)
+    assert environment.pop(GATEWAY_PID_ENV) == str(os.getpid())
+    assert environment == ({} if reserved is None else {RESERVED_CPU_ENV: str(reserved)})

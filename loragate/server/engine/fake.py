@@ -73,6 +73,14 @@ class FakeEngine:
     def tokenizer(self) -> CharTokenizer:
         return CharTokenizer()
 
+    @property
+    def vocab_size(self) -> int:
+        return 0x110000  # one token per Unicode code point
+
+    @property
+    def max_token_chars(self) -> int:
+        return 1
+
     def enqueue(self, *replies: Sequence[Step]) -> None:
         for reply in replies:
             self.script.append(list(reply))

@@ -42,6 +42,17 @@ class Engine(Protocol):
     @property
     def max_lora_rank(self) -> int: ...
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids are below this."""
+        ...
+
+    @property
+    def max_token_chars(self) -> int:
+        """No token is longer than this many characters: a text longer than max_model_len
+        times this is over the context without tokenizing it."""
+        ...
+
     def generate(
         self,
         prompt_token_ids: list[int],

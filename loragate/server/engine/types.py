@@ -34,8 +34,12 @@ class SamplingOptions:
     min_tokens: int = 0
     logprobs: int | None = None
     prompt_logprobs: int | None = None
-    json_schema: dict[str, Any] | None = None
+    logit_bias: dict[int, float] | None = None
+    json_schema: dict[str, Any] | str | None = None
     json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
+from loragate.engine_tether import GATEWAY_PID_ENV
 from loragate.server.engine.protocol import ChatTokenizer, EngineDeadError, EngineRequestError
 from loragate.server.engine.types import (
     AdapterRef,
@@ -47,7 +48,23 @@ def build_engine_args(settings: EngineSettings, model_path: str, served_name: st
 def engine_environment(settings: EngineSettings) -> dict[str, str]:
     """vLLM settings that only its environment variables carry."""
     reserved = settings.resolved_cpu_reserved_cores()
-    return {} if reserved is None else {RESERVED_CPU_ENV: str(reserved)}
+    # The engine core dies with this process (loragate.engine_tether, a vLLM plugin).
+    environment = {GATEWAY_PID_ENV: str(os.getpid())}
+    if reserved is not None:
+        environment[RESERVED_CPU_ENV] = str(reserved)
+    return environment
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """An upper bound of any token's decoded length: its vocabulary string's length (byte-level
+    BPE writes one character per byte, SentencePiece one per character)."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1)
+
+
+# Raised by vLLM's request validation (SamplingParams.verify, the input processor) for a
+# request it refuses: bad structured-output grammars, out-of-vocabulary ids, values it cannot
+# serialise. vLLM's own server answers them with 400 too.
+REQUEST_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, OverflowError)
 
 
 class VllmEngine:
@@ -56,6 +73,8 @@ class VllmEngine:
         self._tokenizer: ChatTokenizer = llm.get_tokenizer()  # type: ignore[assignment]
         self._max_model_len = max_model_len
         self._max_lora_rank = max_lora_rank
+        self._vocab_size = int(llm.model_config.get_vocab_size())
+        self._max_token_chars = longest_token_chars(self._tokenizer)
 
     @classmethod
     def start(cls, settings: EngineSettings, model_path: str, served_name: str) -> VllmEngine:
@@ -78,6 +97,14 @@ class VllmEngine:
     def max_lora_rank(self) -> int:
         return self._max_lora_rank
 
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def max_token_chars(self) -> int:
+        return self._max_token_chars
+
     async def generate(
         self,
         prompt_token_ids: list[int],
@@ -89,7 +116,7 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
 
-        params = self._checked_params(options)
+        params = _sampling_params(options, self._vocab_size)
         finished = False
         first = True
         try:
@@ -107,19 +134,27 @@ class VllmEngine:
             raise EngineDeadError(str(exc)) from exc
         except VLLMClientError as exc:
             raise EngineRequestError(str(exc), getattr(exc, "parameter", None)) from exc
+        except REQUEST_ERRORS as exc:
+            if not first:  # not a refusal of the request: a failure while serving it
+                raise
+            raise EngineRequestError(str(exc)) from exc
         finally:
             if not finished:
                 await self._llm.abort(request_id)
 
     def check_options(self, options: SamplingOptions) -> None:
-        self._checked_params(options)
-
-    def _checked_params(self, options: SamplingOptions) -> Any:
-        from vllm.exceptions import VLLMClientError
-
+        """vLLM's own validation of the request's parameters (the checks its input processor
+        makes when the request is added), so a refusal is a 400 before any stream starts."""
         try:
-            return _sampling_params(options)
-        except VLLMClientError as exc:
+            params = _sampling_params(options, self._vocab_size)
+            config = self._llm.vllm_config
+            params.verify(
+                config.model_config,
+                config.speculative_config,
+                config.structured_outputs_config,
+                self._llm.get_tokenizer(),
+            )
+        except REQUEST_ERRORS as exc:
             raise EngineRequestError(str(exc), getattr(exc, "parameter", None)) from exc
 
     def generation_defaults(self) -> dict[str, float]:
@@ -160,20 +195,30 @@ def _lora_request(adapter: AdapterRef | None) -> Any:
     return LoRARequest(adapter.name, adapter.int_id, adapter.path)
 
 
-def _sampling_params(options: SamplingOptions) -> Any:
-    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+def _structured_outputs(options: SamplingOptions) -> Any:
+    from vllm.sampling_params import StructuredOutputsParams
 
-    structured = None
-    if options.json_schema is not None:
-        structured = StructuredOutputsParams(json=options.json_schema)
-    elif options.json_object:
-        structured = StructuredOutputsParams(json_object=True)
+    constraints: dict[str, Any] = {
+        "json": options.json_schema,
+        "json_object": options.json_object or None,
+        "regex": options.regex,
+        "choice": list(options.choice) if options.choice else None,
+        "grammar": options.grammar,
+    }
+    given = {key: value for key, value in constraints.items() if value is not None}
+    return StructuredOutputsParams(**given) if given else None
+
+
+def _sampling_params(options: SamplingOptions, vocab_size: int) -> Any:
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+
     return SamplingParams(
         n=options.n,
         max_tokens=options.max_tokens,
         temperature=options.temperature,
         top_p=options.top_p,
-        top_k=options.top_k,
+        # A top_k over the vocabulary keeps every token: "off", which the sampler takes safely.
+        top_k=0 if options.top_k >= vocab_size else options.top_k,
         min_p=options.min_p,
         seed=options.seed,
         stop=list(options.stop) or None,
@@ -184,7 +229,8 @@ def _sampling_params(options: SamplingOptions) -> Any:
         min_tokens=options.min_tokens,
         logprobs=options.logprobs,
         prompt_logprobs=options.prompt_logprobs,
-        structured_outputs=structured,
+        logit_bias=options.logit_bias,
+        structured_outputs=_structured_outputs(options),
         output_kind=RequestOutputKind.DELTA,
     )
 

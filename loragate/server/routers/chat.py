@@ -5,6 +5,7 @@ from fastapi.responses import Response
 
 from loragate.server.auth import require_api_key
 from loragate.server.chat_service import chat_completion, chat_stream, prepare_chat
+from loragate.server.generation import UsageMode
 from loragate.server.leases import respond
 from loragate.server.observability import new_request_id
 from loragate.server.protocol import ChatCompletionRequest
@@ -17,7 +18,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     engine, defaults = app_state(request).engine, app_state(request).model_defaults
     request_id = f"chatcmpl-{new_request_id()}"
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    usage_mode = UsageMode(body.include_usage(), body.continuous_usage())
     return await respond(
         request,
         body.model,
@@ -25,6 +26,6 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         prepare=lambda target: prepare_chat(engine, target, body, defaults),
         whole=lambda prepared, target: chat_completion(engine, prepared, target.name, request_id),
         chunks=lambda prepared, target: chat_stream(
-            engine, prepared, target.name, request_id, include_usage
+            engine, prepared, target.name, request_id, usage_mode
         ),
     )

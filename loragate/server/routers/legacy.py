@@ -11,13 +11,12 @@ from pydantic import ValidationError
 
 from loragate.prompting import Message, render_prompt_ids
 from loragate.server.auth import require_api_key
-from loragate.server.engine.types import SamplingOptions
 from loragate.server.errors import BadRequestError
 from loragate.server.generation import Prepared, generate_all, prepare
 from loragate.server.leases import open_lease
 from loragate.server.observability import new_request_id
-from loragate.server.protocol import LegacyPromptRequest
-from loragate.server.sampling import completion_budget
+from loragate.server.protocol import LegacyPromptRequest, SamplingFields
+from loragate.server.sampling import check_prompt_chars, completion_budget, sampling_options
 from loragate.server.state import AppState, app_state
 from loragate.server.streaming import until_disconnect
 from loragate.server.targets import ModelTarget
@@ -58,22 +57,17 @@ def _prepare(state: AppState, target: ModelTarget, body: LegacyPromptRequest) ->
     system = body.system or target.system_prompt or state.settings.legacy_system_prompt
     messages: list[Message] = [{"role": "system", "content": system}, *_history(body)]
     messages.append({"role": "user", "content": body.prompt})
-    ids = render_prompt_ids(state.engine.tokenizer, messages)
+    engine = state.engine
+    chars = sum(len(m["content"]) for m in messages)
+    check_prompt_chars(chars, engine.max_token_chars, engine.max_model_len, "prompt")
+    ids = render_prompt_ids(engine.tokenizer, messages)
     defaults = target.defaults.over(state.model_defaults)
     fallback = defaults.max_tokens or state.settings.legacy_max_new_tokens
-    budget = completion_budget(body.max_new_tokens, fallback, len(ids), state.engine.max_model_len)
-    options = SamplingOptions(
-        max_tokens=budget,
-        temperature=_first(body.temperature, defaults.temperature, 1.0),
-        top_p=_first(body.top_p, defaults.top_p, 1.0),
-        top_k=defaults.top_k or 0,
-        repetition_penalty=defaults.repetition_penalty or 1.0,
-    )
-    return prepare(state.engine, ids, options, target.adapter)
-
-
-def _first(*values: float | None) -> float:
-    return next(v for v in values if v is not None)
+    budget = completion_budget(body.max_new_tokens, fallback, len(ids), engine.max_model_len)
+    # The same builder as the OpenAI routes: every persona default applies here too.
+    fields = SamplingFields(temperature=body.temperature, top_p=body.top_p)
+    options = sampling_options(fields, defaults, max_tokens=budget)
+    return prepare(engine, ids, options, target.adapter)
 
 
 @router.post("/")
@@ -82,7 +76,7 @@ async def legacy_prompt(request: Request) -> dict[str, Any]:
     state = app_state(request)
     target, lease = await open_lease(request, body.model or body.persona)
     async with lease:
-        prepared = _prepare(state, target, body)
+        prepared = await state.off_loop(lambda: _prepare(state, target, body))
         result = await until_disconnect(
             request, generate_all(state.engine, prepared, f"legacy-{new_request_id()}")
         )
