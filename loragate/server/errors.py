@@ -13,7 +13,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,21 @@ def error_envelope(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+# For the OpenAPI schema. Not openai-python's ErrorObject: that declares fields never sent here,
+# and makes `param` and `code` optional, which are always sent.
+class ErrorEnvelope(BaseModel):
+    """OpenAI's error envelope, the body of every error response."""
+
+    error: ErrorDetail
+
+
 def _param_of(loc: Sequence[int | str]) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     return ".".join(parts) or None
@@ -106,6 +123,8 @@ def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     # A check of the whole body (an unsupported field) names its field in the error's context.
     param = _param_of(first.get("loc", ())) or first.get("ctx", {}).get("param")
     msg = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":  # OpenAI's words for an unknown field
+        return f"Unrecognized request argument supplied: {param}", param
     if first.get("type") == "json_invalid":
         return f"Malformed JSON body: {first.get('ctx', {}).get('error', msg)}", None
     if first.get("ctx", {}).get("param"):
@@ -132,6 +151,24 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _method_not_allowed(request: Request, _: Exception) -> JSONResponse:
+    # Starlette's Allow names only the first matching route's methods, and FastAPI makes a route
+    # per method: GET, PUT and DELETE /v1/personas/{name} are three.
+    allowed = ", ".join(sorted(_methods_on(request)))
+    message = f"Method {request.method} is not allowed here; allowed: {allowed}"
+    body = error_envelope(message, "invalid_request_error")
+    return JSONResponse(body, status_code=405, headers={"Allow": allowed})
+
+
+def _methods_on(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        on_path = isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE
+        if on_path and route.methods:
+            methods |= route.methods
+    return methods
+
+
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
     return JSONResponse(error_envelope("Internal server error", "internal_error"), status_code=500)
@@ -141,4 +178,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(405, _method_not_allowed)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -13,21 +13,8 @@ INT32_MAX = 2**31 - 1
 MAX_STOP_STRINGS = 64
 MAX_LOGIT_BIAS_ENTRIES = 1024
 
-# Fields of OpenAI's API that change nothing a server of open models produces (billing,
-# storage, routing hints, predicted outputs that only save latency): accepted and ignored.
-IGNORED_FIELDS = frozenset(
-    {
-        "metadata",
-        "store",
-        "service_tier",
-        "prediction",
-        "prompt_cache_key",
-        "safety_identifier",
-        "modalities",  # only ["text"] passes the check below
-    }
-)
 # Fields a client relies on, not served yet: a 400 naming them rather than a reply that
-# silently lacks what was asked for.
+# silently lacks what was asked for. Empty values (`tools: []`, `tool_choice: "none"`) pass.
 REFUSED_FIELDS = {
     "tools": "Tool calling is not supported yet",
     "tool_choice": "Tool calling is not supported yet",
@@ -40,10 +27,11 @@ REFUSED_FIELDS = {
     "logprobs for the prompt's logprobs",
     "reasoning_effort": "This model does not reason; reasoning_effort is not supported",
 }
+Nothing = Annotated[list[Any], Field(max_length=0)]
 
 
 def _is_empty(value: Any) -> bool:
-    return value is None or value is False or value == [] or value == {} or value == "none"
+    return value is None or value is False or value == [] or value == "none"
 
 
 def _check_text(value: Any) -> None:
@@ -69,38 +57,41 @@ def _check_text(value: Any) -> None:
 
 class _Request(BaseModel):
     """A request body: no NaN or infinity, no lone surrogates, and no field that would be
-    silently dropped. Extras are kept only to be checked (`_known_fields_only`)."""
+    silently dropped: an unknown field is a 400 naming it, as OpenAI answers."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    # OpenAI's fields that change nothing a server of open models produces (billing, storage,
+    # routing hints, predicted outputs that only save latency): accepted and ignored.
+    metadata: dict[str, str] | None = Field(default=None, description="Ignored.")
+    store: bool | None = Field(default=None, description="Ignored: nothing is stored.")
+    service_tier: str | None = Field(default=None, description="Ignored.")
+    prediction: dict[str, Any] | None = Field(default=None, description="Ignored.")
+    prompt_cache_key: str | None = Field(default=None, description="Ignored.")
+    safety_identifier: str | None = Field(default=None, description="Ignored.")
+    modalities: list[Literal["text"]] | None = Field(default=None, description="Text only.")
+    # Not served yet (REFUSED_FIELDS): accepted only empty.
+    tools: Nothing | None = Field(default=None, description="Not supported yet: empty only.")
+    tool_choice: Literal["none"] | None = Field(default=None, description="Not supported yet.")
+    functions: Nothing | None = Field(default=None, description="Not supported yet.")
+    function_call: Literal["none"] | None = Field(default=None, description="Not supported.")
+    audio: None = Field(default=None, description="Not supported.")
+    web_search_options: None = Field(default=None, description="Not supported.")
+    use_beam_search: Literal[False] | None = Field(default=None, description="Not supported.")
+    prompt_logprobs: None = Field(default=None, description="Not supported.")
+    reasoning_effort: None = Field(default=None, description="Not supported.")
 
     @model_validator(mode="before")
     @classmethod
-    def _valid_text(cls, data: Any) -> Any:
+    def _servable(cls, data: Any) -> Any:
         _check_text(data)
+        if isinstance(data, dict):
+            for name, message in REFUSED_FIELDS.items():
+                if not _is_empty(data.get(name)):
+                    raise PydanticCustomError(
+                        "unsupported_field", message + " ('{param}')", {"param": name}
+                    )
         return data
-
-    @model_validator(mode="after")
-    def _known_fields_only(self) -> Self:
-        for name, value in (self.model_extra or {}).items():
-            if name in REFUSED_FIELDS:
-                if not _is_empty(value):
-                    raise PydanticCustomError(
-                        "unsupported_field", REFUSED_FIELDS[name] + " ('{param}')", {"param": name}
-                    )
-            elif name == "modalities":
-                if value not in (None, ["text"]):
-                    raise PydanticCustomError(
-                        "unsupported_field",
-                        "Only the text modality is supported ('{param}')",
-                        {"param": name},
-                    )
-            elif name not in IGNORED_FIELDS:
-                raise PydanticCustomError(
-                    "unrecognized_field",
-                    "Unrecognized request argument supplied: {param}",
-                    {"param": name},
-                )
-        return self
 
 
 class TextPart(BaseModel):
@@ -207,7 +198,7 @@ class SamplingFields(_Request):
     top_k: int | None = Field(default=None, ge=-1, le=INT32_MAX)
     min_p: Probability | None = None
     # Values above a few make no sense; a huge one turns logits infinite in the sampler.
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=100.0)
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=100.0)
     ignore_eos: bool = False
     min_tokens: Count = 0
     structured_outputs: StructuredOutputs | None = None

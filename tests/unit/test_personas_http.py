@@ -229,3 +229,17 @@ def test_persona_changes_need_the_admin_key(
         assert unload.status_code == 401
         assert client.get("/v1/personas", headers=api).status_code == 200
         assert client.delete("/v1/personas/a", headers=admin).status_code == 200
+
+
+def test_legacy_endpoint_applies_every_persona_default(
+    client: TestClient, root: Path, engine: CountingEngine
+) -> None:
+    defaults = {
+        "temperature": 0.3, "top_p": 0.8, "top_k": 12, "min_p": 0.05, "max_tokens": 7,
+        "repetition_penalty": 1.05, "presence_penalty": 0.4, "frequency_penalty": 0.2,
+    }  # fmt: skip
+    bundle = write_bundle(root / "tuned", version="1", defaults=defaults)
+    assert client.put("/v1/personas/tuned", json={"path": str(bundle)}).status_code == 201
+    assert client.post("/", json={"prompt": "hi", "model": "tuned"}).status_code == 200
+    options = engine.requests[-1][1]
+    assert {key: getattr(options, key) for key in defaults} == defaults

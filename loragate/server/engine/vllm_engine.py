@@ -145,6 +145,8 @@ class VllmEngine:
     def check_options(self, options: SamplingOptions) -> None:
         """vLLM's own validation of the request's parameters (the checks its input processor
         makes when the request is added), so a refusal is a 400 before any stream starts."""
+        from vllm.exceptions import VLLMClientError
+
         try:
             params = _sampling_params(options, self._vocab_size)
             config = self._llm.vllm_config
@@ -154,8 +156,10 @@ class VllmEngine:
                 config.structured_outputs_config,
                 self._llm.get_tokenizer(),
             )
-        except REQUEST_ERRORS as exc:
+        except VLLMClientError as exc:
             raise EngineRequestError(str(exc), getattr(exc, "parameter", None)) from exc
+        except REQUEST_ERRORS as exc:
+            raise EngineRequestError(str(exc)) from exc
 
     def generation_defaults(self) -> dict[str, float]:
         """Sampling defaults from the model's generation_config.json, as vLLM's server applies."""
