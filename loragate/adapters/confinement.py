@@ -7,11 +7,19 @@ Checks happen on resolved paths, so the engine is handed the real location that 
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loragate.adapters.untrusted import excerpt
 from loragate.server.errors import BadRequestError
+
+# Linux's PATH_MAX: no longer path names a file, and a longer one is refused before any system
+# call (and before it is echoed back in a message).
+MAX_PATH_CHARS = 4096
 
 
 class PathNotAllowedError(BadRequestError):
@@ -34,16 +42,51 @@ class AdapterRoots:
     def _resolved(self) -> list[Path]:
         return [root.resolve() for root in self.roots]
 
+    def contains(self, resolved: Path) -> bool:
+        return any(resolved.is_relative_to(root) for root in self._resolved())
+
     def confine(self, path: str | Path, *, param: str = "path") -> Path:
         """The resolved directory `path` names, if it lies inside a root; else a 400."""
-        raw = Path(path)
-        if not str(path).strip():
+        raw = self._check_lexically(str(path), param)
+        shown = excerpt(str(path))
+        resolved = _resolve(raw, f"The adapter path '{shown}'", param)
+        self.check_inside(resolved, what=f"The adapter path '{shown}'", param=param)
+        try:
+            is_dir = stat.S_ISDIR(os.stat(resolved).st_mode)
+        except OSError as exc:
+            missing = exc.errno in (errno.ENOENT, errno.ENOTDIR)  # ENOTDIR: through a file
+            raise BadRequestError(
+                f"The adapter path '{shown}' does not exist."
+                if missing
+                else f"The adapter path '{shown}' cannot be opened ({exc.strerror}).",
+                param=param,
+                code="adapter_not_found" if missing else "invalid_adapter",
+            ) from exc
+        if not is_dir:
+            raise BadRequestError(
+                f"The adapter path '{shown}' is not a directory.",
+                param=param,
+                code="invalid_adapter",
+            )
+        return resolved
+
+    def _check_lexically(self, text: str, param: str) -> Path:
+        """Refuse before touching the file system: nothing is revealed about outside paths."""
+        if not text.strip():
             raise PathNotAllowedError("The adapter path is empty.", param=param)
+        if "\x00" in text:
+            raise PathNotAllowedError("The adapter path contains a NUL character.", param=param)
+        if len(text) > MAX_PATH_CHARS:
+            raise PathNotAllowedError(
+                f"The adapter path is {len(text)} characters long, above {MAX_PATH_CHARS}.",
+                param=param,
+            )
+        raw, shown = Path(text), excerpt(text)
         if not raw.is_absolute():
-            raise PathNotAllowedError(f"The adapter path '{path}' must be absolute.", param=param)
+            raise PathNotAllowedError(f"The adapter path '{shown}' must be absolute.", param=param)
         if ".." in raw.parts:
             raise PathNotAllowedError(
-                f"The adapter path '{path}' contains '..'; give the plain path inside "
+                f"The adapter path '{shown}' contains '..'; give the plain path inside "
                 f"an adapter root ({self.describe()}).",
                 param=param,
             )
@@ -53,39 +96,37 @@ class AdapterRoots:
                 "(or --personas-dir DIR) to allow loading adapters from DIR.",
                 param=param,
             )
-        # Refuse before touching the file system, so that nothing is revealed about outside paths.
-        lexical_roots = [*self.roots, *self._resolved()]
-        if not any(raw.is_relative_to(root) for root in lexical_roots):
+        if not any(raw.is_relative_to(root) for root in [*self.roots, *self._resolved()]):
             raise PathNotAllowedError(
-                f"The adapter path '{path}' is outside the adapter roots ({self.describe()}).",
+                f"The adapter path '{shown}' is outside the adapter roots ({self.describe()}).",
                 param=param,
             )
-        try:
-            resolved = raw.resolve(strict=True)
-        except (FileNotFoundError, RuntimeError) as exc:  # RuntimeError: a symlink loop
-            raise BadRequestError(
-                f"The adapter path '{path}' does not exist.", param=param, code="adapter_not_found"
-            ) from exc
-        self.check_inside(resolved, what=f"The adapter path '{path}'", param=param)
-        if not resolved.is_dir():
-            raise BadRequestError(
-                f"The adapter path '{path}' is not a directory.",
-                param=param,
-                code="invalid_adapter",
-            )
-        return resolved
+        return raw
 
     def check_inside(self, resolved: Path, *, what: str, param: str = "path") -> None:
         """Refuse a resolved path (a symlink's target) that lies outside every root."""
-        if not any(resolved.is_relative_to(root) for root in self._resolved()):
+        if not self.contains(resolved):
+            # Where it leads stays unsaid: the message would tell the client about outside paths.
             raise PathNotAllowedError(
-                f"{what} leads outside the adapter roots through a symlink (to '{resolved}'); "
+                f"{what} leads outside the adapter roots through a symlink; "
                 f"allowed roots: {self.describe()}.",
                 param=param,
             )
 
     def confine_file(self, file: Path, *, param: str = "path") -> Path:
         """A file inside an already confined adapter directory, checked the same way."""
-        resolved = file.resolve()
-        self.check_inside(resolved, what=f"'{file.name}' in '{file.parent}'", param=param)
+        what = f"'{file.name}' in '{file.parent}'"
+        resolved = _resolve(file, what, param)
+        self.check_inside(resolved, what=what, param=param)
         return resolved
+
+
+def _resolve(path: Path, what: str, param: str) -> Path:
+    try:
+        # Not strict: a symlink out of the roots is refused for leading out, whether or not
+        # its target exists, so that nothing is revealed about outside paths.
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise BadRequestError(
+            f"{what} cannot be resolved (a symlink loop?).", param=param, code="invalid_adapter"
+        ) from exc

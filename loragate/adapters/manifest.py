@@ -30,11 +30,12 @@ with no system prompt and no defaults.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loragate.adapters.untrusted import UntrustedFileError, parse_toml, read_capped
 
 MANIFEST_NAME = "persona.toml"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -83,15 +84,18 @@ class Bundle(BaseModel):
 
 
 def read_bundle(path: Path) -> Bundle:
-    """Read a bundle directory, or a bare peft adapter directory."""
+    """Read a bundle directory, or a bare peft adapter directory.
+
+    Any way the manifest can be broken (too large, nested too deeply, unreadable) is a
+    ManifestError, so that a hostile bundle is refused alone rather than breaking a scan.
+    """
     path = Path(path)
     manifest_file = path / MANIFEST_NAME
     if manifest_file.is_file():
         try:
-            data = tomllib.loads(manifest_file.read_text(encoding="utf-8"))
-            manifest = PersonaManifest.model_validate(data)
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{manifest_file}: not valid TOML: {exc}") from exc
+            manifest = PersonaManifest.model_validate(parse_toml(read_capped(manifest_file)))
+        except UntrustedFileError as exc:
+            raise ManifestError(f"{manifest_file}: {exc}") from exc
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])

@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from loragate.adapters.confinement import AdapterRoots
-from loragate.adapters.manifest import ManifestError, read_bundle
+from loragate.adapters.manifest import MANIFEST_NAME, ManifestError, read_bundle
+from loragate.adapters.untrusted import excerpt
 from loragate.adapters.validation import AdapterValidationError, ModelShape, validate_adapter
 from loragate.server.engine.types import AdapterRef
 from loragate.server.errors import BadRequestError
@@ -50,7 +51,7 @@ class PersonaInfo(BaseModel):
 def check_persona_name(name: str, base_name: str) -> None:
     if not _NAME.match(name):
         raise BadRequestError(
-            f"Invalid persona name '{name}': use 1-64 letters, digits, '.', '_' or '-', "
+            f"Invalid persona name '{excerpt(name)}': use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit ('@' separates a version in requests).",
             param="name",
             code="invalid_persona_name",
@@ -146,18 +147,24 @@ class PersonaReader:
 
     def read(self, name: str, path: str | Path, source: PersonaSource, int_id: int) -> Persona:
         bundle_dir = self.roots.confine(path)
+        self.roots.confine_file(bundle_dir / MANIFEST_NAME)  # a manifest symlinked out is refused
         try:
             bundle = read_bundle(bundle_dir)
         except ManifestError as exc:
             raise AdapterValidationError(str(exc)) from exc
         adapter_dir = self.roots.confine(bundle.adapter_dir.absolute(), param="path")
-        report = validate_adapter(
-            adapter_dir,
-            self.shape,
-            max_rank=self.max_rank,
-            base_names=self.base_names,
-            roots=self.roots,
-        )
+        try:
+            report = validate_adapter(
+                adapter_dir,
+                self.shape,
+                max_rank=self.max_rank,
+                base_names=self.base_names,
+                roots=self.roots,
+            )
+        except OSError as exc:  # a file removed or made unreadable while it was checked
+            raise AdapterValidationError(
+                f"The adapter at '{adapter_dir}' cannot be read ({exc.strerror})."
+            ) from exc
         manifest = bundle.manifest
         warnings = list(report.warnings)
         if manifest.base_model and manifest.base_model not in self.base_names:

@@ -31,6 +31,7 @@ from loragate.adapters.persona import (
     PersonaSource,
     check_persona_name,
 )
+from loragate.adapters.untrusted import excerpt
 from loragate.adapters.validation import ModelShape
 from loragate.server.base_catalog import base_model_card
 from loragate.server.engine.protocol import Engine
@@ -46,7 +47,7 @@ class PersonaNotFoundError(NotFoundError):
 
     def __init__(self, name: str, valid: list[str]):
         listed = ", ".join(sorted(valid)) or "(none)"
-        super().__init__(f"The persona '{name}' does not exist. Valid personas: {listed}")
+        super().__init__(f"The persona '{excerpt(name)}' does not exist. Valid personas: {listed}")
 
 
 class PersonaUnavailableError(BadRequestError):

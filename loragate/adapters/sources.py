@@ -4,7 +4,8 @@ A personas directory holds one bundle (or bare peft adapter) per subdirectory. I
 start-up and then every `persona_watch_interval` seconds: a new subdirectory is registered, a
 changed one is swapped in as a new version (lazily loaded), a removed one is unregistered once
 its requests are done. A bundle that does not validate is listed as failed with its error, and
-a bundle caught half-written simply validates on a later scan.
+a bundle caught half-written simply validates on a later scan. Whatever one bundle holds, its
+failure stays its own: the other bundles are registered, and start-up goes on.
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ class PersonaWatcher:
         except GatewayError as exc:
             logger.warning("persona bundle %s refused: %s", bundle_dir, exc.message)
             self._registry.record_failure(name, bundle_dir, "dir", exc.message)
+        except Exception as exc:  # a check that missed a case must not end the scan
+            logger.exception("persona bundle %s could not be read", bundle_dir)
+            error = f"The bundle could not be read ({type(exc).__name__})."
+            self._registry.record_failure(name, bundle_dir, "dir", error)
         return True
 
 

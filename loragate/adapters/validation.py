@@ -2,7 +2,8 @@
 
 vLLM would refuse most of these too, but later (inside the engine process, as a 500), and it
 loads adapters of the wrong shape onto the wrong base model as long as the names match. Here the
-config and every tensor's shape are checked against the served model's config.json first.
+config and every tensor's shape are checked against the served model's config.json first, and the
+numbers (the LoRA scale, NaN or Inf in the weights) by numerics.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 
 from loragate.adapters.confinement import AdapterRoots
 from loragate.adapters.manifest import ADAPTER_CONFIG
+from loragate.adapters.numerics import non_finite_tensor, scale_problem
 from loragate.adapters.safetensors_header import BrokenSafetensorsError, read_header
+from loragate.adapters.untrusted import UntrustedFileError, parse_json, read_capped
 from loragate.server.errors import BadRequestError
 
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -102,10 +105,14 @@ def validate_adapter(
     where = f"The adapter at '{adapter_dir}'"
     config = _read_config(adapter_dir, where, roots)
     _check_features(config, where)
-    rank = _check_rank(config, where, max_rank)
+    ranks = _check_rank(config, where, max_rank)
+    problem = scale_problem(config, ranks)
+    if problem is not None:
+        raise AdapterValidationError(f"{where} is refused: {problem} in {ADAPTER_CONFIG}.")
     _check_target_modules(config.get("target_modules"), where)
     weights = roots.confine_file(adapter_dir / WEIGHTS_FILE)
     modules = _check_weights(weights, where, shape, max_rank)
+    _check_finite(weights, where)
     warnings = []
     trained_on = config.get("base_model_name_or_path")
     if trained_on and not _same_model(str(trained_on), base_names):
@@ -113,8 +120,7 @@ def validate_adapter(
             f"The adapter was trained on '{trained_on}', not on the served model "
             f"'{base_names[0]}'; its shapes fit, but check that it is the same model."
         )
-    size = sum(f.stat().st_size for f in adapter_dir.iterdir() if f.is_file())
-    return AdapterReport(rank, modules, size, tuple(warnings))
+    return AdapterReport(ranks[0], modules, _size(adapter_dir, roots), tuple(warnings))
 
 
 def _read_config(adapter_dir: Path, where: str, roots: AdapterRoots) -> dict[str, Any]:
@@ -125,11 +131,9 @@ def _read_config(adapter_dir: Path, where: str, roots: AdapterRoots) -> dict[str
         )
     roots.confine_file(path)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterValidationError(
-            f"{where}: {ADAPTER_CONFIG} is not valid JSON ({exc})."
-        ) from exc
+        config = parse_json(read_capped(path))
+    except UntrustedFileError as exc:
+        raise AdapterValidationError(f"{where}: {ADAPTER_CONFIG} {exc}.") from exc
     if not isinstance(config, dict):
         raise AdapterValidationError(f"{where}: {ADAPTER_CONFIG} is not a JSON object.")
     peft_type = config.get("peft_type")
@@ -162,7 +166,8 @@ def _check_features(config: dict[str, Any], where: str) -> None:
         raise AdapterValidationError(f"{where} uses unsupported features: {', '.join(refused)}.")
 
 
-def _check_rank(config: dict[str, Any], where: str, max_rank: int) -> int:
+def _check_rank(config: dict[str, Any], where: str, max_rank: int) -> list[int]:
+    """r, then the rank_pattern ranks, each a positive int within max_rank."""
     rank = config.get("r")
     pattern = config.get("rank_pattern") or {}
     ranks = [rank, *pattern.values()] if isinstance(pattern, dict) else [rank, pattern]
@@ -178,7 +183,7 @@ def _check_rank(config: dict[str, Any], where: str, max_rank: int) -> int:
             f"{where} has rank {highest}, above the server's max_lora_rank {max_rank} "
             f"(start the server with --max-lora-rank {highest} to serve it)."
         )
-    return valid[0]
+    return valid
 
 
 def _check_target_modules(targets: Any, where: str) -> None:
@@ -260,6 +265,26 @@ def _check_pair(
         raise AdapterValidationError(
             f"{where} has rank {rank} in {what}, above the server's max_lora_rank {max_rank}."
         )
+
+
+def _check_finite(weights: Path, where: str) -> None:
+    from safetensors import SafetensorError
+
+    try:
+        problem = non_finite_tensor(weights)
+    except SafetensorError as exc:
+        raise AdapterValidationError(f"{where}: {WEIGHTS_FILE} is broken: {exc}.") from exc
+    if problem is not None:
+        raise AdapterValidationError(
+            f"{where} is refused: in {WEIGHTS_FILE}, {problem} (NaN or Inf weights make every "
+            "reply of the persona garbage)."
+        )
+
+
+def _size(adapter_dir: Path, roots: AdapterRoots) -> int:
+    # Files a symlink takes out of the roots are not counted: their size is not ours to tell.
+    files = [f.resolve() for f in adapter_dir.iterdir() if f.is_file()]
+    return sum(f.stat().st_size for f in files if roots.contains(f))
 
 
 def _same_model(trained_on: str, base_names: Sequence[str]) -> bool:

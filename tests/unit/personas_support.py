@@ -79,6 +79,26 @@ def write_safetensors(path: Path, shapes: dict[str, list[int]]) -> None:
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset))
 
 
+def poison_tensor(weights: Path, name: str, value: float) -> None:
+    """Make `value` the first element of the F32 tensor `name` (NaN, Inf...)."""
+    raw = bytearray(weights.read_bytes())
+    header_len = int.from_bytes(raw[:8], "little")
+    begin = json.loads(raw[8 : 8 + header_len])[name]["data_offsets"][0]
+    start = 8 + header_len + begin
+    raw[start : start + 4] = struct.pack("<f", value)
+    weights.write_bytes(bytes(raw))
+
+
+# Nested far beyond the recursion limit: json and tomllib raise RecursionError on it.
+DEEP = "[" * 10_000 + "]" * 10_000
+
+
+def write_deep_header(weights: Path) -> None:
+    """A safetensors file whose header is one value nested 10,000 deep."""
+    raw = f'{{"x": {DEEP}}}'.encode()
+    weights.write_bytes(struct.pack("<Q", len(raw)) + raw)
+
+
 def write_adapter(
     path: Path,
     *,

@@ -16,6 +16,7 @@ from loragate.server.errors import ModelNotFoundError
 from loragate.server.targets import ModelTarget
 from tests.unit.personas_support import (
     BASE,
+    DEEP,
     CountingEngine,
     make_registry,
     make_settings,
@@ -312,3 +313,45 @@ async def test_a_broken_cli_persona_stops_start_up(
 
     with pytest.raises(RuntimeError, match="max_lora_rank"):
         await start()
+
+
+def write_deep_manifest(bundle: Path) -> Path:
+    write_bundle(bundle)
+    (bundle / "persona.toml").write_text(f"x = {DEEP}\n")  # tomllib: RecursionError, not TOML...
+    return bundle
+
+
+def assert_failed_alone(registry: PersonaRegistry, name: str, good: str) -> None:
+    info = registry.get(name).info()
+    assert info.state == "failed" and "nested too deeply" in (info.error or "")
+    assert registry.get(good).state == "registered"
+    assert name not in registry.names() and good in registry.names()
+
+
+async def test_a_deeply_nested_manifest_fails_alone_in_the_start_up_scan(
+    root: Path, engine: CountingEngine, model_dir: Path
+) -> None:
+    personas_dir = root / "personas"
+    write_deep_manifest(personas_dir / "deep")
+    write_bundle(personas_dir / "good")
+    settings = make_settings(root, personas_dir=[personas_dir], persona_watch_interval=0.05)
+    registry = make_registry(settings, engine, model_dir)
+    async with personas_running(registry, settings):
+        assert_failed_alone(registry, "deep", "good")
+        write_bundle(personas_dir / "later")  # and the watcher goes on
+        await wait_until(lambda: registry.find("later") is not None)
+        assert registry.get("deep").state == "failed"
+
+
+async def test_a_deeply_nested_manifest_fails_alone_in_a_later_scan(
+    root: Path, engine: CountingEngine, model_dir: Path
+) -> None:
+    async with watching(root, engine, model_dir) as (registry, personas_dir):
+        write_deep_manifest(personas_dir / "deep")
+        write_bundle(personas_dir / "good")
+        await wait_until(lambda: registry.find("deep") is not None)
+        await wait_until(lambda: registry.find("good") is not None)
+        assert_failed_alone(registry, "deep", "good")
+        assert registry.get("first").state == "registered"
+        write_bundle(personas_dir / "deep", version="2")  # fixed: registered on the next scan
+        await wait_until(lambda: registry.get("deep").state == "registered")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loragate.adapters.confinement import AdapterRoots
+from loragate.adapters.untrusted import MAX_CONFIG_BYTES
 from loragate.adapters.validation import (
     AdapterValidationError,
     ModelShape,
@@ -16,10 +18,13 @@ from loragate.adapters.validation import (
 )
 from tests.unit.personas_support import (
     BASE,
+    DEEP,
     TINY_MODEL,
     lora_tensors,
     peft_key,
+    poison_tensor,
     write_adapter,
+    write_deep_header,
     write_safetensors,
 )
 
@@ -178,3 +183,79 @@ def test_other_base_model_name_is_reported_not_refused(tmp_path: Path) -> None:
 def test_same_base_model_by_directory_name_is_not_reported(tmp_path: Path) -> None:
     path = write_adapter(tmp_path / "a", base_model_name_or_path=f"/somewhere/{BASE}")
     assert validate(path).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [(math.nan, "NaN"), (math.inf, "Inf"), (-math.inf, "Inf")]
+)
+def test_non_finite_weights_are_refused_naming_the_tensor(
+    tmp_path: Path, value: float, kind: str
+) -> None:
+    path = write_adapter(tmp_path / "a")
+    name = peft_key(1, "v_proj", "B")
+    poison_tensor(path / "adapter_model.safetensors", name, value)
+    message = refusal(path)
+    assert f"'{name}' holds {kind}" in message
+
+
+def test_finite_nonzero_weights_pass(tmp_path: Path) -> None:
+    path = write_adapter(tmp_path / "a")
+    poison_tensor(path / "adapter_model.safetensors", peft_key(0, "q_proj", "A"), -3.5e4)
+    assert validate(path).rank == 2
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"lora_alpha": math.nan}, "lora_alpha is nan, not a finite number"),
+        ({"lora_alpha": math.inf}, "lora_alpha is inf, not a finite number"),
+        ({"lora_alpha": 10**400}, "not a finite number"),
+        ({"lora_alpha": "16"}, "lora_alpha is '16', not a finite number"),
+        ({"lora_alpha": 1e30}, "lora_alpha / r = 1e+30 / 2 = 5e+29 is above 1000"),
+        ({"lora_alpha": -1e30}, "is above 1000"),
+        ({"alpha_pattern": {"q_proj": math.nan}}, "alpha_pattern['q_proj'] is nan"),
+        ({"alpha_pattern": {"q_proj": 4000}}, "alpha_pattern['q_proj'] / r = 4000 / 2"),
+        # The largest alpha over the smallest rank: peft pairs patterns by module name.
+        ({"r": 8, "rank_pattern": {"k_proj": 1}, "lora_alpha": 1500}, "1500 / 1 = 1500"),
+        ({"use_rslora": True, "lora_alpha": 2000}, "lora_alpha / sqrt(r) = 2000 / sqrt(2)"),
+    ],
+)
+def test_non_finite_or_absurd_scales_are_refused(
+    tmp_path: Path, config: dict[str, Any], named: str
+) -> None:
+    message = refusal(write_adapter(tmp_path / "a", **config))
+    assert named in message and "adapter_config.json" in message
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"lora_alpha": 128},  # alpha / r = 64, the largest of real recipes
+        {"lora_alpha": 2000, "r": 2, "rank_pattern": {"q_proj": 2}},  # 1000: the bound itself
+        {"use_rslora": True, "lora_alpha": 1400},  # 1400 / sqrt(2) = 990
+        {"lora_alpha": 0},
+    ],
+)
+def test_scales_within_the_bound_pass(tmp_path: Path, config: dict[str, Any]) -> None:
+    assert validate(write_adapter(tmp_path / "a", **config)).rank == 2
+
+
+def test_a_config_nested_too_deeply_is_refused(tmp_path: Path) -> None:
+    path = write_adapter(tmp_path / "a")
+    (path / "adapter_config.json").write_text(DEEP)
+    assert "adapter_config.json is not valid JSON (nested too deeply)" in refusal(path)
+    (path / "adapter_config.json").write_text("[" * 100 + "]" * 100)  # within the recursion limit
+    assert "nested deeper than 32 levels" in refusal(path)
+
+
+def test_a_config_too_large_is_refused_unread(tmp_path: Path) -> None:
+    path = write_adapter(tmp_path / "a")
+    (path / "adapter_config.json").write_text(" " * (MAX_CONFIG_BYTES + 1) + "{}")
+    assert "adapter_config.json is larger than" in refusal(path)
+
+
+def test_a_safetensors_header_nested_too_deeply_is_refused(tmp_path: Path) -> None:
+    path = write_adapter(tmp_path / "a")
+    write_deep_header(path / "adapter_model.safetensors")
+    message = refusal(path)
+    assert "is broken" in message and "nested too deeply" in message
