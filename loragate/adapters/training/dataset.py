@@ -1,6 +1,6 @@
 """Instruction data sets: JSON or JSONL rows of `instruction`, `input`, `output`.
 
-The tutorial's format (`../shared/data/huanhuan.json`), plus an optional per-row `system` prompt
+The tutorial's format (self-llm's `dataset/huanhuan.json`), plus an optional per-row `system` prompt
 and a multi-turn `history` (earlier turns as `[user, assistant]` pairs, as in the self-llm data
 sets, or as `{"role", "content"}` messages). Every bad row is reported with its number (its
 1-based position in a JSON array, its line in a JSONL file), all at once, so that a data set is

@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from loragate.adapters.training.remote import cached_data_path, is_url, url_file_name
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -19,10 +21,11 @@ LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 class TrainSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAGATE_TRAIN_", extra="ignore")
 
-    data: Path | None = Field(
+    data: Path | str | None = Field(
         default=None,
         description="(required) JSON or JSONL rows of instruction/input/output, optionally "
-        "with system and history.",
+        "with system and history: a local file, or an http(s) URL downloaded once into the "
+        "cache (~/.cache/loragate/data) and reused from there.",
     )
     name: str | None = Field(
         default=None, description="Persona name. Default: the data file's name without suffix."
@@ -93,10 +96,24 @@ class TrainSettings(BaseSettings):
         description="auto: bf16 mixed precision where the hardware has it (a bf16 GPU), else fp32.",
     )
 
+    @field_validator("data", mode="before")
+    @classmethod
+    def _path_or_url(cls, value: object) -> object:
+        # A URL stays a string (a Path would fold its `//`); anything else is a local path.
+        if isinstance(value, str) and value:
+            return value if is_url(value) else Path(value)
+        return value
+
     @model_validator(mode="after")
     def _require_data(self) -> TrainSettings:
-        if self.data is None:
+        if self.data is None or self.data == "":
             raise ValueError("--data is required: the instruction data set to train on")
+        if (
+            self.data_url is not None
+            and not self.name
+            and not Path(url_file_name(self.data_url)).stem
+        ):
+            raise ValueError(f"--data {self.data_url} names no file: give the persona a --name")
         return self
 
     @model_validator(mode="after")
@@ -105,13 +122,24 @@ class TrainSettings(BaseSettings):
         return self
 
     @property
+    def data_url(self) -> str | None:
+        """The URL given to --data, or None for a local file."""
+        return self.data if isinstance(self.data, str) else None
+
+    @property
     def data_path(self) -> Path:
+        """The local file given to --data, or where a URL's download is (or will be) cached."""
         assert self.data is not None  # checked by _require_data
-        return self.data
+        return cached_data_path(self.data) if isinstance(self.data, str) else self.data
+
+    @property
+    def data_file_name(self) -> str:
+        """The data set's own file name: the local file's, or the last segment of the URL."""
+        return url_file_name(self.data) if isinstance(self.data, str) else self.data_path.name
 
     @property
     def persona_name(self) -> str:
-        return self.name or self.data_path.stem
+        return self.name or Path(self.data_file_name).stem
 
     @property
     def bundle_dir(self) -> Path:

@@ -19,6 +19,7 @@ from loragate.adapters.training.bundle import next_version, publish_bundle
 from loragate.adapters.training.dataset import LoadedDataset, load_dataset
 from loragate.adapters.training.formatting import TrainingExample, end_of_turn_ids, format_example
 from loragate.adapters.training.recipe import TrainSettings
+from loragate.adapters.training.remote import fetch_data_set
 
 
 class TrainingError(RuntimeError):
@@ -160,11 +161,15 @@ def _checkpoint_to_resume(settings: TrainSettings) -> str | None:
     return None
 
 
+def load_training_data(settings: TrainSettings) -> LoadedDataset:
+    """The rows of --data: a local file, or a URL's copy in the cache (downloaded on first use)."""
+    path = fetch_data_set(settings.data_url) if settings.data_url else settings.data_path
+    return load_dataset(path, skip_bad_rows=settings.skip_bad_rows, max_rows=settings.max_rows)
+
+
 def train_persona(settings: TrainSettings) -> TrainResult:
     started = time.monotonic()
-    data = load_dataset(
-        settings.data_path, skip_bad_rows=settings.skip_bad_rows, max_rows=settings.max_rows
-    )
+    data = load_training_data(settings)
     for problem in data.skipped:
         print(f"Skipping {problem}")
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer  # after data checks
@@ -217,7 +222,8 @@ def _training_metadata(
 ) -> dict[str, Any]:
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     return {
-        "data_file": data.path.name,
+        "data_file": settings.data_file_name,
+        "data_url": settings.data_url,  # None (left out of the manifest) for a local file
         "data_sha256": data.sha256,
         "rows": len(examples.train),
         "eval_rows": len(examples.held_out),
