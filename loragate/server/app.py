@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 import loragate
 from loragate.server.errors import install_error_handlers
 from loragate.server.limits import LEGACY_ROUTES, BodyLimitMiddleware, LegacyPortMiddleware
 from loragate.server.observability import RequestIdMiddleware
+from loragate.server.openapi import EVERY_ROUTE, install_openapi
 from loragate.server.routers import chat, completions, legacy, models, personas, web
 from loragate.server.state import AppState
 from loragate.settings import ServerSettings
@@ -19,6 +21,13 @@ from loragate.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 StateFactory = Callable[[ServerSettings], AbstractAsyncContextManager[AppState]]
+
+
+class Gateway(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Around Starlette's ServerErrorMiddleware, which `add_middleware` cannot reach: the 500
+        # it renders for an unhandled exception carries the request id, and its log line too.
+        return RequestIdMiddleware(super().build_middleware_stack())
 
 
 def create_app(settings: ServerSettings, state_factory: StateFactory | None = None) -> FastAPI:
@@ -38,17 +47,17 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
             finally:
                 state.preparer.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="loragate", version=loragate.__version__, lifespan=lifespan)
+    app = Gateway(title="loragate", version=loragate.__version__, lifespan=lifespan)
     install_error_handlers(app)
-    # Added innermost first: the request id wraps everything, so that a refusal here has one.
+    install_openapi(app)
+    # Inside the request id (Gateway), so that a refusal here has one. Added innermost first.
     app.add_middleware(BodyLimitMiddleware, limit=settings.body_limit())
     if settings.legacy_enabled() and not settings.legacy_serves_all_routes:
         assert settings.legacy_port is not None
         app.add_middleware(
             LegacyPortMiddleware, legacy_port=settings.legacy_port, routes=LEGACY_ROUTES
         )
-    app.add_middleware(RequestIdMiddleware)
     for router in (chat.router, completions.router, models.router, legacy.router, web.router):
-        app.include_router(router)
-    app.include_router(personas.router)
+        app.include_router(router, responses=EVERY_ROUTE)
+    app.include_router(personas.router, responses=EVERY_ROUTE)
     return app

@@ -8,13 +8,14 @@ from loragate.server.chat_service import chat_completion, chat_stream, prepare_c
 from loragate.server.generation import UsageMode
 from loragate.server.leases import respond
 from loragate.server.observability import new_request_id
+from loragate.server.openapi import GENERATION
 from loragate.server.protocol import ChatCompletionRequest
 from loragate.server.state import app_state
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, responses=GENERATION)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     engine, defaults = app_state(request).engine, app_state(request).model_defaults
     request_id = f"chatcmpl-{new_request_id()}"

@@ -8,13 +8,14 @@ from loragate.server.completion_service import completion, completion_stream, pr
 from loragate.server.generation import UsageMode
 from loragate.server.leases import respond
 from loragate.server.observability import new_request_id
+from loragate.server.openapi import GENERATION
 from loragate.server.protocol import CompletionRequest
 from loragate.server.state import app_state
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None, responses=GENERATION)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     state = app_state(request)
     engine, defaults = state.engine, state.model_defaults

@@ -15,6 +15,7 @@ from loragate.server.errors import BadRequestError
 from loragate.server.generation import Prepared, generate_all, prepare
 from loragate.server.leases import open_lease
 from loragate.server.observability import new_request_id
+from loragate.server.openapi import LEGACY_BODY, errors
 from loragate.server.protocol import LegacyPromptRequest, SamplingFields
 from loragate.server.sampling import check_prompt_chars, completion_budget, sampling_options
 from loragate.server.state import AppState, app_state
@@ -28,8 +29,14 @@ async def _parse(request: Request) -> LegacyPromptRequest:
     # Parsed by hand: the tutorial's own client sends "Content-Type: application/jons".
     try:
         data = json.loads(await request.body() or b"null")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(
+            f"The body is not valid UTF-8: {exc.reason} at byte {exc.start}"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise BadRequestError(f"Malformed JSON body: {exc}") from exc
+    except RecursionError as exc:  # json recurses per level: "[" * 10_000 runs out of stack
+        raise BadRequestError("Malformed JSON body: nested too deeply") from exc
     if not isinstance(data, dict):
         raise BadRequestError('The body must be a JSON object such as {"prompt": "你好"}')
     try:
@@ -70,7 +77,7 @@ def _prepare(state: AppState, target: ModelTarget, body: LegacyPromptRequest) ->
     return prepare(engine, ids, options, target.adapter)
 
 
-@router.post("/")
+@router.post("/", responses=errors(400, 401, 404, 503), openapi_extra=LEGACY_BODY)
 async def legacy_prompt(request: Request) -> dict[str, Any]:
     body = await _parse(request)
     state = app_state(request)

@@ -7,38 +7,47 @@ from fastapi.responses import JSONResponse
 
 import loragate
 from loragate.server.auth import require_api_key
-from loragate.server.engine.protocol import EngineDeadError
+from loragate.server.engine.protocol import Engine, EngineDeadError
 from loragate.server.errors import EngineUnavailableError
+from loragate.server.openapi import errors
 from loragate.server.state import catalog, engine
 
 router = APIRouter()
 
 
-@router.get("/v1/models", dependencies=[Depends(require_api_key)])
+async def _live(running: Engine) -> Engine:
+    try:
+        await running.check_health()
+    except EngineDeadError as exc:
+        raise EngineUnavailableError(f"The engine is not available: {exc}") from exc
+    return running
+
+
+@router.get("/v1/models", dependencies=[Depends(require_api_key)], responses=errors(401))
 async def list_models(request: Request) -> dict[str, Any]:
     cards = catalog(request).model_cards()
     return {"object": "list", "data": [card.model_dump(mode="json") for card in cards]}
 
 
-@router.get("/health")
+@router.get("/health", responses=errors(503))
 async def health(request: Request) -> JSONResponse:
-    try:
-        await engine(request).check_health()
-    except EngineDeadError as exc:
-        raise EngineUnavailableError(f"The engine is not available: {exc}") from exc
+    await _live(engine(request))
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/v1/engine/status", dependencies=[Depends(require_api_key)])
+@router.get(
+    "/v1/engine/status", dependencies=[Depends(require_api_key)], responses=errors(401, 503)
+)
 async def engine_status(request: Request) -> dict[str, Any]:
     """What the engine holds right now: for operators, and for tests that check cleanup."""
-    running = engine(request)
+    # As /health: a dead engine is a 503, not counters of requests it will never finish.
+    running = await _live(engine(request))
     return {
         "unfinished_requests": running.num_unfinished_requests(),
         "loaded_adapter_ids": sorted(await running.loaded_adapter_ids()),
     }
 
 
-@router.get("/version", dependencies=[Depends(require_api_key)])
+@router.get("/version", dependencies=[Depends(require_api_key)], responses=errors(401))
 async def version() -> dict[str, str]:
     return {"version": loragate.__version__}

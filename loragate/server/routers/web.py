@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from loragate.server.errors import NotFoundError
+from loragate.server.openapi import errors
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 ASSET_TYPES = {
@@ -25,17 +26,29 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-cache",  # revalidate (ETag), so an upgraded gateway serves its new page
 }
 
-router = APIRouter(include_in_schema=False)
+# In the OpenAPI schema too: a method missing from it is taken to be refused (405) on its path.
+router = APIRouter(tags=["web page"])
 
 
-@router.get("/")
+def _of(*media_types: str) -> dict[str, object]:
+    return {media_type: {"schema": {"type": "string"}} for media_type in media_types}
+
+
+@router.get("/", response_class=FileResponse, responses={200: {"content": _of("text/html")}})
 async def chat_page() -> FileResponse:
     return FileResponse(
         WEB_DIR / "index.html", media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS
     )
 
 
-@router.get("/web/{asset}")
+@router.get(
+    "/web/{asset}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": _of("text/javascript", "text/css")},
+        **errors(404),
+    },
+)
 async def chat_page_asset(asset: str) -> FileResponse:
     media_type = ASSET_TYPES.get(asset)
     if media_type is None:
