@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+from loragate.adapters.registry import PersonaRegistry
 from loragate.default_model import DEFAULT_MODEL_NAME
+from loragate.engine.fake import FakeEngine
+from loragate.engine.protocol import ChatTokenizer
 from loragate.serve import serve_app
 from loragate.server.app import create_app
-from loragate.server.base_catalog import BaseModelCatalog
-from loragate.server.engine.fake import FakeEngine
-from loragate.server.engine.protocol import ChatTokenizer
 from loragate.server.observability import configure_logging
 from loragate.server.state import AppState
 from loragate.settings import ServerSettings
@@ -46,8 +46,8 @@ class InstantEngine(FakeEngine):
 def instant_state(engine: InstantEngine, model_dir: str) -> Any:
     @asynccontextmanager
     async def factory(settings: ServerSettings) -> AsyncIterator[AppState]:
-        catalog = BaseModelCatalog(DEFAULT_MODEL_NAME, model_dir, engine.max_model_len)
-        yield AppState(settings=settings, engine=engine, catalog=catalog)
+        registry = PersonaRegistry(settings, engine, DEFAULT_MODEL_NAME, model_dir)
+        yield AppState(settings=settings, engine=engine, catalog=registry)
 
     return factory
 

@@ -100,6 +100,13 @@ class EngineSettings(_LoragateSettings):
         "the compute; vLLM's own choice above.",
     )
 
+    cpu_lora_patch: bool = Field(
+        default=True,
+        description="CPU backend: loragate's patch of vLLM's CPU LoRA ops (base-model requests "
+        "in a batch with personas get no adapter; a few GEMMs per batch). Off only to compare "
+        "with vLLM's own ops: they apply the last adapter slot to base-model tokens.",
+    )
+
     def resolved_cpu_reserved_cores(self) -> int | None:
         """The cores to reserve, or None for vLLM's own choice (or the environment's)."""
         if self.cpu_reserved_cores is not None:

@@ -4,8 +4,9 @@
     PYTHONPATH=. python scripts/isolation_check.py bench   # 16 concurrent requests, one adapter
     PYTHONPATH=. python scripts/isolation_check.py ops     # the ops alone, vLLM's vs isolated
 
-loragate's plugin (loragate.isolation) is on by default; VLLM_PLUGINS=lora_filesystem_resolver (a
-list without `loragate_lora_isolation`) turns it off, which shows the bug.
+loragate's plugin (loragate.engine.cpu_lora.isolation) is on by default;
+LORAGATE_CPU_LORA_PATCH=0 (or VLLM_PLUGINS=lora_filesystem_resolver, a list without
+`loragate_lora_isolation`) turns it off, which shows the bug.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def ops(
     import torch
     from vllm.lora.ops.torch_ops import lora_ops
 
-    from loragate.isolation import isolated
+    from loragate.engine.cpu_lora.isolation import isolated
 
     torch.set_num_threads(threads)  # the engine's worker: every core here (--cpu-reserved-cores)
     shrink, expand = (inspect.unwrap(getattr(lora_ops, n)) for n in ("bgmv_shrink", "bgmv_expand"))

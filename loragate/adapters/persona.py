@@ -13,11 +13,11 @@ from pydantic import BaseModel
 
 from loragate.adapters.confinement import AdapterRoots
 from loragate.adapters.manifest import MANIFEST_NAME, ManifestError, read_bundle
+from loragate.adapters.targets import ModelTarget, SamplingDefaults
 from loragate.adapters.untrusted import excerpt
 from loragate.adapters.validation import AdapterValidationError, ModelShape, validate_adapter
-from loragate.server.engine.types import AdapterRef
+from loragate.engine.types import AdapterRef
 from loragate.server.errors import BadRequestError
-from loragate.server.targets import ModelTarget, SamplingDefaults
 
 PersonaState = Literal["registered", "loading", "loaded", "failed"]
 PersonaSource = Literal["dir", "cli", "api"]

@@ -31,12 +31,11 @@ from loragate.adapters.persona import (
     PersonaSource,
     check_persona_name,
 )
+from loragate.adapters.targets import ModelTarget, base_model_card
 from loragate.adapters.untrusted import excerpt
 from loragate.adapters.validation import ModelShape
-from loragate.server.base_catalog import base_model_card
-from loragate.server.engine.protocol import Engine
+from loragate.engine.protocol import Engine
 from loragate.server.errors import BadRequestError, GatewayError, ModelNotFoundError, NotFoundError
-from loragate.server.targets import ModelTarget
 from loragate.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -89,7 +88,7 @@ class PersonaRegistry:
         self._draining: defaultdict[str, set[asyncio.Task[None]]] = defaultdict(set)
         self._next_id = 1
 
-    # -- ModelCatalog -------------------------------------------------------------------------
+    # -- the model catalog -------------------------------------------------------------------------
 
     @property
     def base_name(self) -> str:

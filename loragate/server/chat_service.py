@@ -12,10 +12,11 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from openai.types.chat.chat_completion_chunk import ChoiceLogprobs as ChunkLogprobs
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 
+from loragate.adapters.targets import ModelTarget, SamplingDefaults
+from loragate.engine.protocol import Engine
+from loragate.engine.types import ChoiceDelta as EngineDelta
+from loragate.engine.types import TokenLogprob
 from loragate.prompting import Message, render_prompt_ids
-from loragate.server.engine.protocol import Engine
-from loragate.server.engine.types import ChoiceDelta as EngineDelta
-from loragate.server.engine.types import TokenLogprob
 from loragate.server.generation import (
     NO_USAGE,
     Prepared,
@@ -27,7 +28,6 @@ from loragate.server.generation import (
 )
 from loragate.server.protocol import ChatCompletionRequest
 from loragate.server.sampling import check_prompt_chars, completion_budget, sampling_options
-from loragate.server.targets import ModelTarget, SamplingDefaults
 
 
 def conversation(request: ChatCompletionRequest, target: ModelTarget) -> list[Message]:

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from openai.types import Completion, CompletionChoice
 from openai.types.completion_choice import Logprobs
 
-from loragate.server.engine.protocol import Engine
-from loragate.server.engine.types import GenerationUpdate, TokenLogprob
+from loragate.adapters.targets import ModelTarget, SamplingDefaults
+from loragate.engine.protocol import Engine
+from loragate.engine.types import GenerationUpdate, TokenLogprob
 from loragate.server.errors import BadRequestError
 from loragate.server.generation import (
     NO_USAGE,
@@ -31,7 +32,6 @@ from loragate.server.sampling import (
     completion_logprobs,
     sampling_options,
 )
-from loragate.server.targets import ModelTarget, SamplingDefaults
 
 
 def prepare_completions(

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from openai.types.completion_usage import CompletionUsage
 
-from loragate.server.engine.protocol import Engine, EngineDeadError, EngineRequestError
-from loragate.server.engine.types import (
+from loragate.engine.protocol import Engine, EngineDeadError, EngineRequestError
+from loragate.engine.types import (
     AdapterRef,
     FinishReason,
     GenerationUpdate,

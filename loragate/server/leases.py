@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from loragate.server.state import app_state, catalog
+from loragate.adapters.targets import ModelTarget
+from loragate.server.state import app_state, registry
 from loragate.server.streaming import EventStreamResponse, sse_events, until_disconnect
-from loragate.server.targets import ModelTarget
 
 P = TypeVar("P")
 
@@ -20,7 +20,7 @@ P = TypeVar("P")
 async def open_lease(request: Request, model: str | None) -> tuple[ModelTarget, AsyncExitStack]:
     """Resolve and lease `model`; the caller closes the stack when the response is done."""
     stack = AsyncExitStack()
-    target = await stack.enter_async_context(catalog(request).lease(model))
+    target = await stack.enter_async_context(registry(request).lease(model))
     return target, stack
 
 

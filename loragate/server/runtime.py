@@ -9,8 +9,8 @@ from pathlib import Path
 
 from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.sources import personas_running
+from loragate.adapters.targets import SamplingDefaults
 from loragate.server.state import AppState
-from loragate.server.targets import SamplingDefaults
 from loragate.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def resolve_model(settings: ServerSettings) -> tuple[str, str]:
 
 @asynccontextmanager
 async def vllm_state(settings: ServerSettings) -> AsyncIterator[AppState]:
-    from loragate.server.engine.vllm_engine import VllmEngine
+    from loragate.engine.vllm_engine import VllmEngine
 
     model_path, served_name = resolve_model(settings)
     engine = VllmEngine.start(settings, model_path, served_name)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from loragate.server.engine.types import SamplingOptions
+from loragate.adapters.targets import SamplingDefaults
+from loragate.engine.types import SamplingOptions
 from loragate.server.errors import BadRequestError, ContextLengthError
 from loragate.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
-from loragate.server.targets import SamplingDefaults
 
 
 def _pick(value: Any, default: Any, fallback: Any) -> Any:

@@ -13,9 +13,8 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from loragate.adapters.registry import PersonaRegistry
-from loragate.server.engine.protocol import Engine
-from loragate.server.errors import NotFoundError
-from loragate.server.targets import ModelCatalog, SamplingDefaults
+from loragate.adapters.targets import SamplingDefaults
+from loragate.engine.protocol import Engine
 from loragate.settings import ServerSettings
 
 T = TypeVar("T")
@@ -31,7 +30,7 @@ def _preparer() -> ThreadPoolExecutor:
 class AppState:
     settings: ServerSettings
     engine: Engine
-    catalog: ModelCatalog
+    catalog: PersonaRegistry  # the one catalog of models: the base model and its personas
     model_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     started_at: float = field(default_factory=time.time)
     # Template rendering, tokenizing and engine-side checks: off the event loop, so that one
@@ -53,16 +52,9 @@ def engine(request: Request) -> Engine:
     return app_state(request).engine
 
 
-def catalog(request: Request) -> ModelCatalog:
+def registry(request: Request) -> PersonaRegistry:
     return app_state(request).catalog
 
 
 def settings(request: Request) -> ServerSettings:
     return app_state(request).settings
-
-
-def registry(request: Request) -> PersonaRegistry:
-    found = catalog(request)
-    if not isinstance(found, PersonaRegistry):
-        raise NotFoundError("This server serves no personas (it has no persona registry).")
-    return found

@@ -25,8 +25,8 @@ PERSONA_STD = 0.05
 PROMPT = [{"role": "user", "content": "Write a short poem about cats."}]
 COMPARED_TOKENS = 8  # vLLM's greedy output varies slightly with batch composition, late in text
 # A reply made in a mixed batch must share at least this many first tokens with its model's solo
-# reply. Its LoRA rows are computed by other GEMM shapes than when alone (loragate.lora_grouped),
-# so a near-tie between two tokens can tip a few tokens in.
+# reply. Its LoRA rows are computed by other GEMM shapes than when alone
+# (loragate.engine.cpu_lora.grouped), so a near-tie between two tokens can tip a few tokens in.
 MIN_SHARED_TOKENS = 4
 
 

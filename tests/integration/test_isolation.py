@@ -1,7 +1,7 @@
 """Persona isolation on the real engine (issue 7): a request gets exactly the adapter it asked for.
 
 vLLM 0.32's CPU LoRA ops apply the adapter in the *last* slot to base-model tokens that share a
-batch with a persona; loragate.isolation (a vLLM plugin, loaded in the engine's processes)
+batch with a persona; the CPU LoRA patch (a vLLM plugin, loaded in the engine's processes)
 fixes that. The engine here has two adapter slots and both adapters loaded, so the last slot is
 always occupied, as it is in a busy gateway. Without the plugin (`VLLM_PLUGINS=` naming other
 plugins only) these tests fail.
@@ -24,9 +24,9 @@ import pytest
 import pytest_asyncio
 
 from loragate.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+from loragate.engine.types import AdapterRef, SamplingOptions
+from loragate.engine.vllm_engine import VllmEngine
 from loragate.prompting import render_prompt_ids
-from loragate.server.engine.types import AdapterRef, SamplingOptions
-from loragate.server.engine.vllm_engine import VllmEngine
 from loragate.settings import EngineSettings
 from tests.integration.lora_factory import make_lora_adapter
 

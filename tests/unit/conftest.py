@@ -9,20 +9,30 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from loragate.adapters.registry import PersonaRegistry
+from loragate.adapters.validation import ModelShape
+from loragate.engine.fake import FakeEngine
 from loragate.server.app import create_app
-from loragate.server.base_catalog import BaseModelCatalog
-from loragate.server.engine.fake import FakeEngine
 from loragate.server.state import AppState
 from loragate.settings import ServerSettings
 
 BASE = "fake-base"
+# No persona is registered on this app; the shape only has to exist.
+FAKE_SHAPE = ModelShape(
+    hidden_size=8,
+    intermediate_size=16,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    num_hidden_layers=1,
+    head_dim=4,
+)
 
 
 def fake_state_factory(engine: FakeEngine) -> Callable[[ServerSettings], object]:
     @asynccontextmanager
     async def factory(settings: ServerSettings) -> AsyncIterator[AppState]:
-        catalog = BaseModelCatalog(BASE, "/models/fake", engine.max_model_len)
-        yield AppState(settings=settings, engine=engine, catalog=catalog)
+        registry = PersonaRegistry(settings, engine, BASE, "/models/fake", shape=FAKE_SHAPE)
+        yield AppState(settings=settings, engine=engine, catalog=registry)
 
     return factory
 

@@ -17,8 +17,8 @@ from typing import Any
 from loragate.adapters.manifest import PersonaManifest, SamplingDefaultsSpec, write_manifest
 from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.sources import personas_running
-from loragate.server.engine.fake import FakeEngine
-from loragate.server.engine.types import AdapterRef
+from loragate.engine.fake import FakeEngine
+from loragate.engine.types import AdapterRef
 from loragate.server.state import AppState
 from loragate.settings import ServerSettings
 

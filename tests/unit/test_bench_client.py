@@ -16,8 +16,8 @@ import uvicorn
 from benchmarks.loadgen import LevelRun, client_session, run_level
 from benchmarks.servers import free_port
 from benchmarks.workload import Encoder, level_bodies, make_prompts
+from loragate.engine.fake import CharTokenizer, FakeEngine, Hold
 from loragate.server.app import create_app
-from loragate.server.engine.fake import CharTokenizer, FakeEngine, Hold
 from loragate.settings import ServerSettings
 from tests.unit.conftest import BASE, fake_state_factory
 

@@ -6,7 +6,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from loragate.server.engine.fake import FakeEngine
+from loragate.engine.fake import FakeEngine
 from tests.unit.conftest import BASE
 
 USER = [{"role": "user", "content": "hi"}]
@@ -86,7 +86,7 @@ def test_dead_engine_is_503(sdk: openai.OpenAI, fake: FakeEngine, client: TestCl
 
 
 def test_error_mid_stream_is_error_event_then_done(client: TestClient, fake: FakeEngine) -> None:
-    from loragate.server.engine.fake import Die
+    from loragate.engine.fake import Die
 
     fake.enqueue(["partial", Die()])
     body = {"model": BASE, "messages": USER, "stream": True}
@@ -97,7 +97,7 @@ def test_error_mid_stream_is_error_event_then_done(client: TestClient, fake: Fak
 
 
 def test_sdk_raises_on_error_mid_stream(sdk: openai.OpenAI, fake: FakeEngine) -> None:
-    from loragate.server.engine.fake import Die
+    from loragate.engine.fake import Die
 
     fake.enqueue(["partial", Die()])
     stream = sdk.chat.completions.create(model=BASE, messages=USER, stream=True)  # type: ignore[arg-type]

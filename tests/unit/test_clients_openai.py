@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from openai.types import Model
@@ -11,7 +12,7 @@ from openai.types import Model
 from loragate.clients import gateway_client, list_personas, served_base_model
 from loragate.clients.chat import Sampling, TerminalChat, run
 from loragate.clients.openai_client import NO_KEY, gateway_settings, personas_from_models
-from loragate.server.engine.fake import FakeEngine
+from loragate.engine.fake import FakeEngine
 from tests.unit.conftest import BASE
 
 
@@ -47,10 +48,17 @@ def test_personas_of_a_server_without_the_persona_api() -> None:
     )
 
 
-def test_listing_falls_back_to_models(client: TestClient) -> None:
-    sdk = gateway_client("http://testserver", max_retries=0, http_client=client)
-    assert client.get("/v1/personas").status_code == 404  # this app has no persona registry
-    assert list_personas(sdk) == []
+def test_listing_falls_back_to_models() -> None:
+    def vllm_server(request: httpx.Request) -> httpx.Response:  # vLLM's: no /v1/personas
+        if request.url.path == "/v1/models":
+            card = {"id": BASE, "object": "model", "created": 0, "owned_by": "vllm"}
+            lora = {**card, "id": "sql", "parent": BASE, "root": "/a/sql"}
+            return httpx.Response(200, json={"object": "list", "data": [card, lora]})
+        return httpx.Response(404, json={"error": {"message": "Not Found"}})
+
+    http = httpx.Client(transport=httpx.MockTransport(vllm_server))
+    sdk = gateway_client("http://testserver", max_retries=0, http_client=http)
+    assert [p.name for p in list_personas(sdk)] == ["sql"]
     assert served_base_model(sdk) == BASE
 
 

@@ -5,7 +5,7 @@ import json
 import openai
 from fastapi.testclient import TestClient
 
-from loragate.server.engine.fake import FakeEngine
+from loragate.engine.fake import FakeEngine
 from tests.unit.conftest import BASE
 
 

@@ -15,8 +15,8 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from loragate.engine.fake import Die, FakeEngine
 from loragate.server.app import create_app
-from loragate.server.engine.fake import Die, FakeEngine
 from loragate.settings import ServerSettings
 from tests.unit.conftest import BASE, fake_state_factory
 

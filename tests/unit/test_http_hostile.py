@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from loragate.engine.fake import Die, FakeEngine
+from loragate.engine.types import GenerationUpdate
 from loragate.server.app import create_app
-from loragate.server.engine.fake import Die, FakeEngine
-from loragate.server.engine.types import GenerationUpdate
 from loragate.server.observability import RequestIdFilter
 from loragate.settings import ServerSettings
 from tests.unit.conftest import BASE, fake_state_factory

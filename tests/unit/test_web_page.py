@@ -6,7 +6,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from loragate.server.engine.fake import FakeEngine
+from loragate.engine.fake import FakeEngine
 from loragate.server.routers.web import ASSET_TYPES, WEB_DIR
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
+from loragate.adapters.targets import ModelTarget
 from loragate.prompting import Message, render_prompt_ids
 from loragate.server.auth import require_api_key
 from loragate.server.errors import BadRequestError
@@ -20,7 +21,6 @@ from loragate.server.protocol import LegacyPromptRequest, SamplingFields
 from loragate.server.sampling import check_prompt_chars, completion_budget, sampling_options
 from loragate.server.state import AppState, app_state
 from loragate.server.streaming import until_disconnect
-from loragate.server.targets import ModelTarget
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 

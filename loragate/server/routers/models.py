@@ -6,11 +6,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 import loragate
+from loragate.engine.protocol import Engine, EngineDeadError
 from loragate.server.auth import require_api_key
-from loragate.server.engine.protocol import Engine, EngineDeadError
 from loragate.server.errors import EngineUnavailableError
 from loragate.server.openapi import errors
-from loragate.server.state import catalog, engine
+from loragate.server.state import engine, registry
 
 router = APIRouter()
 
@@ -25,7 +25,7 @@ async def _live(running: Engine) -> Engine:
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)], responses=errors(401))
 async def list_models(request: Request) -> dict[str, Any]:
-    cards = catalog(request).model_cards()
+    cards = registry(request).model_cards()
     return {"object": "list", "data": [card.model_dump(mode="json") for card in cards]}
 
 

@@ -1,7 +1,7 @@
 """What the HTTP layer may ask of an engine, and its implementations."""
 
-from loragate.server.engine.protocol import Engine, EngineDeadError, EngineRequestError
-from loragate.server.engine.types import (
+from loragate.engine.protocol import Engine, EngineDeadError, EngineRequestError
+from loragate.engine.types import (
     AdapterRef,
     ChoiceDelta,
     FinishReason,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Protocol
 
-from loragate.server.engine.types import AdapterRef, GenerationUpdate, SamplingOptions
+from loragate.engine.types import AdapterRef, GenerationUpdate, SamplingOptions
 
 
 class EngineDeadError(RuntimeError):

@@ -23,8 +23,8 @@ Why these choices:
 - Wrap the gather ops so that -1 rows are never written (as the GPU kernels' early exit) and
   the others are computed fast. vLLM's ops copy the adapter matrix for every token and multiply
   token by token, which made persona prefill about 9 times slower than the base model's here;
-  `loragate.lora_grouped` computes a batch on one adapter, or of `STACKED_MIN_ROWS` tokens or
-  more, in a few GEMMs. A small batch over several adapters (a decode step of a few mixed
+  `grouped` computes a batch on one adapter, or of `STACKED_MIN_ROWS` tokens or more, in
+  a few GEMMs. A small batch over several adapters (a decode step of a few mixed
   personas) stays on vLLM's op, which is faster there, run on just the rows with an adapter.
   The upstream patch instead clamps -1 to slot 0 and zeroes the result, still computing every
   base row. Each wrapper keeps vLLM's op as `__wrapped__`. A call with other than one index
@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from loragate import lora_grouped
+from loragate.engine.cpu_lora import PATCH_ENV
+from loragate.engine.cpu_lora import grouped as lora_grouped
 
 if TYPE_CHECKING:
     import torch
@@ -70,6 +72,9 @@ def register() -> None:
     """The plugin entry point: vLLM calls it once in each of its processes."""
     from vllm.platforms import current_platform
 
+    if os.environ.get(PATCH_ENV, "1") == "0":
+        logger.warning("%s=0: vLLM's CPU LoRA ops run unpatched", PATCH_ENV)
+        return
     if not current_platform.is_cpu():
         return
     from vllm.lora.punica_wrapper import punica_cpu

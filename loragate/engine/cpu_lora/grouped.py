@@ -10,8 +10,8 @@ on the CPU that made a persona's prefill about 9 times slower than the base mode
 - a batch of fewer tokens per adapter over several adapters (a decode step of many mixed
   personas) is one GEMM against all the engine's adapter slots stacked, each token keeping its
   own slot's block: more arithmetic, but one call instead of one per adapter or per token.
-  Below `STACKED_MIN_ROWS` tokens vLLM's per-token op is faster; `loragate.isolation` sends
-  such batches to it.
+  Below `STACKED_MIN_ROWS` tokens vLLM's per-token op is faster; the isolation wrapper
+  sends such batches to it.
 
 Tokens with slot -1 (no adapter) are never written, as in vLLM's GPU kernels. The signatures
 and the arithmetic (inputs and weights cast to the output's dtype, shrink scaled, expand adding

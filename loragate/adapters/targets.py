@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any
 
 from openai.types import Model
 
-from loragate.server.engine.types import AdapterRef
+from loragate.engine.types import AdapterRef
 
 
 @dataclass(frozen=True)
@@ -48,16 +47,16 @@ class ModelTarget:
     defaults: SamplingDefaults = SamplingDefaults()
 
 
-class ModelCatalog(Protocol):
-    """Resolves `model` names; leasing a target keeps its adapter in the engine until released."""
-
-    @property
-    def base_name(self) -> str: ...
-
-    def names(self) -> list[str]: ...
-
-    def lease(self, name: str | None) -> AbstractAsyncContextManager[ModelTarget]:
-        """Raise ModelNotFoundError (listing the valid names) for an unknown name."""
-        ...
-
-    def model_cards(self) -> list[Model]: ...
+def base_model_card(name: str, root: str, max_model_len: int, created: int) -> Model:
+    # openai's Model allows extra fields; vLLM's cards carry these three.
+    return Model.model_validate(
+        dict(
+            id=name,
+            object="model",
+            created=created,
+            owned_by="loragate",
+            root=root,
+            parent=None,
+            max_model_len=max_model_len,
+        )
+    )

@@ -14,8 +14,8 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loragate.server.engine.protocol import EngineDeadError, EngineRequestError
-from loragate.server.engine.types import (
+from loragate.engine.protocol import EngineDeadError, EngineRequestError
+from loragate.engine.types import (
     AdapterRef,
     ChoiceDelta,
     GenerationUpdate,

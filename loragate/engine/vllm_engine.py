@@ -7,9 +7,10 @@ import os
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
-from loragate.engine_tether import GATEWAY_PID_ENV
-from loragate.server.engine.protocol import ChatTokenizer, EngineDeadError, EngineRequestError
-from loragate.server.engine.types import (
+from loragate.engine.cpu_lora import PATCH_ENV
+from loragate.engine.protocol import ChatTokenizer, EngineDeadError, EngineRequestError
+from loragate.engine.tether import GATEWAY_PID_ENV
+from loragate.engine.types import (
     AdapterRef,
     ChoiceDelta,
     FinishReason,
@@ -48,8 +49,10 @@ def build_engine_args(settings: EngineSettings, model_path: str, served_name: st
 def engine_environment(settings: EngineSettings) -> dict[str, str]:
     """vLLM settings that only its environment variables carry."""
     reserved = settings.resolved_cpu_reserved_cores()
-    # The engine core dies with this process (loragate.engine_tether, a vLLM plugin).
+    # The engine core dies with this process (loragate.engine.tether, a vLLM plugin).
     environment = {GATEWAY_PID_ENV: str(os.getpid())}
+    if not settings.cpu_lora_patch:
+        environment[PATCH_ENV] = "0"
     if reserved is not None:
         environment[RESERVED_CPU_ENV] = str(reserved)
     return environment
