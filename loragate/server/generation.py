@@ -61,7 +61,7 @@ def prepare(
     try:
         engine.check_options(options)
     except EngineRequestError as exc:
-        raise BadRequestError(str(exc), param=exc.param) from exc
+        raise BadRequestError(str(exc), param=exc.param, code="invalid_value") from exc
     return Prepared(prompt_token_ids, options, adapter)
 
 
@@ -99,7 +99,7 @@ async def stream_updates(
     except EngineDeadError as exc:
         raise EngineUnavailableError(f"The engine is not available: {exc}") from exc
     except EngineRequestError as exc:
-        raise BadRequestError(str(exc), param=exc.param) from exc
+        raise BadRequestError(str(exc), param=exc.param, code="invalid_value") from exc
 
 
 async def generate_all(engine: Engine, prepared: Prepared, request_id: str) -> GenerationResult:

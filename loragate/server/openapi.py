@@ -93,4 +93,24 @@ def _amended(schema: dict[str, Any]) -> dict[str, Any]:
     for model in _COMPONENTS:
         model_schema = model.model_json_schema(ref_template=_SCHEMAS)
         components.update(model_schema.pop("$defs", {}), **{model.__name__: model_schema})
+    _standard_bounds(schema)
     return schema
+
+
+# pydantic writes a bound set on a type with a before-validator (protocol.JsonInt) under its
+# own keyword names; JSON Schema's are these.
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _standard_bounds(schema: Any) -> None:
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") in ("integer", "number"):
+                for ours, standard in _BOUNDS.items():
+                    if ours in node:
+                        node[standard] = node.pop(ours)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+
+def _integral(value: Any) -> Any:
+    # JSON Schema's integer includes 5.0; strict pydantic would refuse it.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Booleans and numbers are strict (`0` is not false, `false` not 0): what the schema says.
 # Counts and lengths beyond any sensible request; the engine stores them in 32-bit fields.
 INT32_MAX = 2**31 - 1
 MAX_STOP_STRINGS = 64
@@ -64,7 +81,7 @@ class _Request(BaseModel):
     # OpenAI's fields that change nothing a server of open models produces (billing, storage,
     # routing hints, predicted outputs that only save latency): accepted and ignored.
     metadata: dict[str, str] | None = Field(default=None, description="Ignored.")
-    store: bool | None = Field(default=None, description="Ignored: nothing is stored.")
+    store: StrictBool | None = Field(default=None, description="Ignored: nothing is stored.")
     service_tier: str | None = Field(default=None, description="Ignored.")
     prediction: dict[str, Any] | None = Field(default=None, description="Ignored.")
     prompt_cache_key: str | None = Field(default=None, description="Ignored.")
@@ -127,14 +144,14 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    include_usage: bool = False
-    continuous_usage_stats: bool = False  # vLLM's: usage so far on every chunk
+    include_usage: StrictBool = False
+    continuous_usage_stats: StrictBool = False  # vLLM's: usage so far on every chunk
 
 
 class JsonSchemaSpec(BaseModel):
     name: str = "response"
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
-    strict: bool | None = None
+    strict: StrictBool | None = None
     description: str | None = None
 
 
@@ -160,7 +177,7 @@ class StructuredOutputs(BaseModel):
     regex: str | None = None
     choice: list[str] | None = Field(default=None, min_length=1)
     grammar: str | None = None
-    json_object: bool | None = None
+    json_object: StrictBool | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StructuredOutputs:
@@ -170,13 +187,13 @@ class StructuredOutputs(BaseModel):
         return self
 
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Probability = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]
+Penalty = Annotated[StrictFloat, Field(ge=-2.0, le=2.0)]
+Count = Annotated[JsonInt, Field(ge=0, le=INT32_MAX)]
 StopString = Annotated[str, Field(max_length=4096)]
 # A logit bias is added to the logit: OpenAI bounds it to [-100, 100] (-100 bans the token).
 LogitBias = dict[
-    Annotated[str, Field(pattern=r"^\d{1,10}$")], Annotated[float, Field(ge=-100, le=100)]
+    Annotated[str, Field(pattern=r"^\d{1,10}$")], Annotated[StrictFloat, Field(ge=-100, le=100)]
 ]
 
 
@@ -184,22 +201,22 @@ class SamplingFields(_Request):
     """Fields shared by chat and text completions, OpenAI's and vLLM's extras."""
 
     model: str | None = None
-    n: int = Field(default=1, ge=1, le=16)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    n: JsonInt = Field(default=1, ge=1, le=16)
+    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0)
     top_p: Probability | None = None
-    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    seed: JsonInt | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: Annotated[LogitBias, Field(max_length=MAX_LOGIT_BIAS_ENTRIES)] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    top_k: int | None = Field(default=None, ge=-1, le=INT32_MAX)
+    top_k: JsonInt | None = Field(default=None, ge=-1, le=INT32_MAX)
     min_p: Probability | None = None
     # Values above a few make no sense; a huge one turns logits infinite in the sampler.
-    repetition_penalty: float | None = Field(default=None, ge=0.01, le=100.0)
-    ignore_eos: bool = False
+    repetition_penalty: StrictFloat | None = Field(default=None, ge=0.01, le=100.0)
+    ignore_eos: StrictBool = False
     min_tokens: Count = 0
     structured_outputs: StructuredOutputs | None = None
 
@@ -226,17 +243,17 @@ class SamplingFields(_Request):
         return bool(options and options.include_usage and options.continuous_usage_stats)
 
 
-MaxTokens = Annotated[int, Field(ge=1, le=INT32_MAX)]
+MaxTokens = Annotated[JsonInt, Field(ge=1, le=INT32_MAX)]
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logprobs: StrictBool = False
+    top_logprobs: JsonInt | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    parallel_tool_calls: bool | None = None  # meaningless without tools, which are refused
+    parallel_tool_calls: StrictBool | None = None  # meaningless without tools, which are refused
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
@@ -248,15 +265,20 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
-TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+TokenId = Annotated[JsonInt, Field(ge=0, le=INT32_MAX)]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+    )
     max_tokens: MaxTokens | None = 16
-    echo: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=20)
-    suffix: str | None = None
+    echo: StrictBool = False
+    logprobs: JsonInt | None = Field(default=None, ge=0, le=20)
+    suffix: Literal[""] | None = Field(default=None, description="Not supported: empty only.")
 
     def prompts(self) -> list[str | list[int]]:
         if isinstance(self.prompt, str):
@@ -290,7 +312,7 @@ class LegacyPromptRequest(BaseModel):
     history: list[LegacyTurn] | list[tuple[str, str]] = Field(default_factory=list)
     system: str | None = None
     max_new_tokens: MaxTokens | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0)
     top_p: Probability | None = None
     model: str | None = None
     persona: str | None = None

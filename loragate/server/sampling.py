@@ -131,6 +131,7 @@ def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
         raise BadRequestError(
             f"Token id {bad} is out of vocabulary (the vocabulary has {vocab_size} tokens)",
             param=param,
+            code="token_out_of_vocabulary",
         )
 
 
