@@ -21,7 +21,7 @@ from loragate.server.errors import BadRequestError
 
 PersonaState = Literal["registered", "loading", "loaded", "failed"]
 PersonaSource = Literal["dir", "cli", "api"]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PERSONA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class PersonaInfo(BaseModel):
@@ -49,7 +49,7 @@ class PersonaInfo(BaseModel):
 
 
 def check_persona_name(name: str, base_name: str) -> None:
-    if not _NAME.match(name):
+    if not PERSONA_NAME.fullmatch(name):  # not match: "$" would let a trailing newline in
         raise BadRequestError(
             f"Invalid persona name '{excerpt(name)}': use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit ('@' separates a version in requests).",

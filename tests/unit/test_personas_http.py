@@ -122,7 +122,7 @@ def test_invalid_bundles_are_400s_that_change_nothing(
 
 def test_bad_persona_names_are_refused(client: TestClient, root: Path) -> None:
     path = str(write_adapter(root / "a"))
-    for name in ("a@b", BASE):
+    for name in ("a@b", BASE, "abc%0A"):  # %0A: a trailing newline
         response = client.put(f"/v1/personas/{name}", json={"path": path})
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "invalid_persona_name"

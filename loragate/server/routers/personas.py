@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from loragate.adapters.persona import _NAME, PersonaInfo
+from loragate.adapters.persona import PERSONA_NAME, PersonaInfo
 from loragate.server.auth import require_admin_key, require_api_key
 from loragate.server.errors import NotFoundError
 from loragate.server.openapi import Responses, errors
@@ -29,7 +29,7 @@ PUT_RESPONSES: Responses = {
 }
 # The registry's own rule, stated in the schema but checked by the registry, whose 400 explains
 # it better than a pattern mismatch would.
-_NAME_SCHEMA: JsonDict = {"pattern": _NAME.pattern}
+_NAME_SCHEMA: JsonDict = {"pattern": PERSONA_NAME.pattern}
 Name = Annotated[str, Path(json_schema_extra=_NAME_SCHEMA)]
 
 
