@@ -27,7 +27,7 @@ from loragate.server.generation import (
     usage,
 )
 from loragate.server.protocol import ChatCompletionRequest
-from loragate.server.sampling import check_prompt_chars, completion_budget, sampling_options
+from loragate.server.sampling import check_messages_fit, completion_budget, sampling_options
 
 
 def conversation(request: ChatCompletionRequest, target: ModelTarget) -> list[Message]:
@@ -49,8 +49,7 @@ def prepare_chat(
     model_defaults: SamplingDefaults,
 ) -> Prepared:
     messages = conversation(request, target)
-    chars = sum(len(m["content"]) for m in messages)
-    check_prompt_chars(chars, engine.max_token_chars, engine.max_model_len, "messages")
+    check_messages_fit(engine, messages, "messages")
     prompt_ids = render_prompt_ids(engine.tokenizer, messages)
     defaults = target.defaults.over(model_defaults)
     budget = completion_budget(

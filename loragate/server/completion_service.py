@@ -69,7 +69,7 @@ def prepare_completions(
 
 def _prompt_ids(engine: Engine, prompt: str | list[int]) -> list[int]:
     if isinstance(prompt, str):
-        check_prompt_chars(len(prompt), engine.max_token_chars, engine.max_model_len, "prompt")
+        check_prompt_chars(engine, len(prompt), "prompt")
         return engine.tokenizer.encode(prompt)
     check_token_ids(prompt, engine.vocab_size, "prompt")
     return list(prompt)

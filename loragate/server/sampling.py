@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from loragate.adapters.targets import SamplingDefaults
+from loragate.engine.protocol import Engine
 from loragate.engine.types import SamplingOptions
+from loragate.prompting import Message
 from loragate.server.errors import BadRequestError, ContextLengthError
 from loragate.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
@@ -112,10 +115,11 @@ def _structured(request: SamplingFields) -> dict[str, Any]:
     return {"json_object": fmt.type == "json_object"}
 
 
-def check_prompt_chars(chars: int, max_token_chars: int, max_model_len: int, param: str) -> None:
+def check_prompt_chars(engine: Engine, chars: int, param: str) -> None:
     """A 400 for a text that cannot fit the context whatever its tokens, before tokenizing it
     (tokenizing megabytes takes seconds and gigabytes)."""
-    limit = max_model_len * max_token_chars
+    max_model_len = engine.max_model_len
+    limit = max_model_len * engine.max_token_chars
     if chars > limit:
         raise ContextLengthError(
             f"This model's maximum context length is {max_model_len} tokens; the prompt has "
@@ -123,6 +127,10 @@ def check_prompt_chars(chars: int, max_token_chars: int, max_model_len: int, par
             "Shorten the prompt.",
             param=param,
         )
+
+
+def check_messages_fit(engine: Engine, messages: Sequence[Message], param: str) -> None:
+    check_prompt_chars(engine, sum(len(m["content"]) for m in messages), param)
 
 
 def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:

@@ -18,7 +18,7 @@ from loragate.server.leases import open_lease
 from loragate.server.observability import new_request_id
 from loragate.server.openapi import LEGACY_BODY, errors
 from loragate.server.protocol import LegacyPromptRequest, SamplingFields
-from loragate.server.sampling import check_prompt_chars, completion_budget, sampling_options
+from loragate.server.sampling import check_messages_fit, completion_budget, sampling_options
 from loragate.server.state import AppState, app_state
 from loragate.server.streaming import until_disconnect
 
@@ -65,8 +65,7 @@ def _prepare(state: AppState, target: ModelTarget, body: LegacyPromptRequest) ->
     messages: list[Message] = [{"role": "system", "content": system}, *_history(body)]
     messages.append({"role": "user", "content": body.prompt})
     engine = state.engine
-    chars = sum(len(m["content"]) for m in messages)
-    check_prompt_chars(chars, engine.max_token_chars, engine.max_model_len, "prompt")
+    check_messages_fit(engine, messages, "prompt")
     ids = render_prompt_ids(engine.tokenizer, messages)
     defaults = target.defaults.over(state.model_defaults)
     fallback = defaults.max_tokens or state.settings.legacy_max_new_tokens
