@@ -16,6 +16,7 @@ setup-test:
 lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
 
 typecheck:
 	.venv/bin/mypy

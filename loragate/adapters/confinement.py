@@ -14,16 +14,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loragate.adapters.errors import (
+    AdapterNotFoundError,
+    AdapterValidationError,
+    PathNotAllowedError,
+)
 from loragate.adapters.untrusted import excerpt
-from loragate.server.errors import BadRequestError
 
 # Linux's PATH_MAX: no longer path names a file, and a longer one is refused before any system
 # call (and before it is echoed back in a message).
 MAX_PATH_CHARS = 4096
-
-
-class PathNotAllowedError(BadRequestError):
-    code = "adapter_path_not_allowed"
 
 
 @dataclass(frozen=True)
@@ -55,18 +55,16 @@ class AdapterRoots:
             is_dir = stat.S_ISDIR(os.stat(resolved).st_mode)
         except OSError as exc:
             missing = exc.errno in (errno.ENOENT, errno.ENOTDIR)  # ENOTDIR: through a file
-            raise BadRequestError(
-                f"The adapter path '{shown}' does not exist."
-                if missing
-                else f"The adapter path '{shown}' cannot be opened ({exc.strerror}).",
-                param=param,
-                code="adapter_not_found" if missing else "invalid_adapter",
+            if missing:
+                raise AdapterNotFoundError(
+                    f"The adapter path '{shown}' does not exist.", param=param
+                ) from exc
+            raise AdapterValidationError(
+                f"The adapter path '{shown}' cannot be opened ({exc.strerror}).", param=param
             ) from exc
         if not is_dir:
-            raise BadRequestError(
-                f"The adapter path '{shown}' is not a directory.",
-                param=param,
-                code="invalid_adapter",
+            raise AdapterValidationError(
+                f"The adapter path '{shown}' is not a directory.", param=param
             )
         return resolved
 
@@ -127,6 +125,6 @@ def _resolve(path: Path, what: str, param: str) -> Path:
         # its target exists, so that nothing is revealed about outside paths.
         return path.resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
-        raise BadRequestError(
-            f"{what} cannot be resolved (a symlink loop?).", param=param, code="invalid_adapter"
+        raise AdapterValidationError(
+            f"{what} cannot be resolved (a symlink loop?).", param=param
         ) from exc

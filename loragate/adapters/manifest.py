@@ -36,9 +36,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loragate.adapters.untrusted import UntrustedFileError, parse_toml, read_capped
+from loragate.validation_errors import first_problem
 
 MANIFEST_NAME = "persona.toml"
 ADAPTER_CONFIG = "adapter_config.json"
+# The Llama architecture's linear layers, the modules a persona's LoRA may target (vLLM packs
+# them into qkv_proj and gate_up_proj): what `loragate train` targets and validation accepts.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class ManifestError(ValueError):
@@ -97,9 +101,10 @@ def read_bundle(path: Path) -> Bundle:
         except UntrustedFileError as exc:
             raise ManifestError(f"{manifest_file}: {exc}") from exc
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ManifestError(f"{manifest_file}: '{where}': {first['msg']}") from exc
+            problem = first_problem(exc.errors())
+            raise ManifestError(
+                f"{manifest_file}: '{problem.dotted() or ''}': {problem.message}"
+            ) from exc
         return Bundle(root=path, manifest=manifest, adapter_dir=path / manifest.adapter)
     if (path / ADAPTER_CONFIG).is_file():
         return Bundle(root=path, manifest=PersonaManifest(adapter="."), adapter_dir=path)

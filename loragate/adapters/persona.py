@@ -7,61 +7,29 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel
+from typing import Literal
 
 from loragate.adapters.confinement import AdapterRoots
+from loragate.adapters.errors import AdapterValidationError, InvalidPersonaNameError
 from loragate.adapters.manifest import MANIFEST_NAME, ManifestError, read_bundle
 from loragate.adapters.targets import ModelTarget, SamplingDefaults
 from loragate.adapters.untrusted import excerpt
-from loragate.adapters.validation import AdapterValidationError, ModelShape, validate_adapter
+from loragate.adapters.validation import ModelShape, validate_adapter
 from loragate.engine.types import AdapterRef
-from loragate.server.errors import BadRequestError
+from loragate.wire import PersonaInfo, PersonaState
 
-PersonaState = Literal["registered", "loading", "loaded", "failed"]
 PersonaSource = Literal["dir", "cli", "api"]
 PERSONA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class PersonaInfo(BaseModel):
-    """The persona API's view of a persona (GET/PUT /v1/personas)."""
-
-    name: str
-    version: str
-    state: PersonaState
-    error: str | None
-    description: str
-    base_model: str | None
-    system_prompt: str | None
-    defaults: dict[str, Any]
-    adapter_path: str
-    rank: int | None
-    size_bytes: int | None
-    load_time_s: float | None
-    requests_served: int
-    last_used: float | None
-    in_flight: int
-    # Beyond the agreed fields: the engine's id of this version (as in GET /v1/engine/status),
-    # and what validation found unusual but not wrong.
-    adapter_id: int | None
-    warnings: list[str]
-
-
 def check_persona_name(name: str, base_name: str) -> None:
     if not PERSONA_NAME.fullmatch(name):  # not match: "$" would let a trailing newline in
-        raise BadRequestError(
+        raise InvalidPersonaNameError(
             f"Invalid persona name '{excerpt(name)}': use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit ('@' separates a version in requests).",
-            param="name",
-            code="invalid_persona_name",
+            "starting with a letter or digit ('@' separates a version in requests)."
         )
     if name == base_name:
-        raise BadRequestError(
-            f"The persona name '{name}' is the base model's name.",
-            param="name",
-            code="invalid_persona_name",
-        )
+        raise InvalidPersonaNameError(f"The persona name '{name}' is the base model's name.")
 
 
 @dataclass(eq=False)

@@ -25,6 +25,13 @@ from pathlib import Path
 from openai.types import Model
 
 from loragate.adapters.confinement import AdapterRoots
+from loragate.adapters.errors import (
+    AdapterStillLoadedError,
+    PersonaExistsError,
+    PersonaNotFoundError,
+    PersonaUnavailableError,
+    UnknownModelError,
+)
 from loragate.adapters.persona import (
     Persona,
     PersonaReader,
@@ -32,29 +39,11 @@ from loragate.adapters.persona import (
     check_persona_name,
 )
 from loragate.adapters.targets import ModelTarget, base_model_card
-from loragate.adapters.untrusted import excerpt
 from loragate.adapters.validation import ModelShape
 from loragate.engine.protocol import Engine
-from loragate.server.errors import BadRequestError, GatewayError, ModelNotFoundError, NotFoundError
 from loragate.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
-
-
-class PersonaNotFoundError(NotFoundError):
-    code = "persona_not_found"
-
-    def __init__(self, name: str, valid: list[str]):
-        listed = ", ".join(sorted(valid)) or "(none)"
-        super().__init__(f"The persona '{excerpt(name)}' does not exist. Valid personas: {listed}")
-
-
-class PersonaUnavailableError(BadRequestError):
-    code = "persona_unavailable"
-
-
-class AdapterStillLoadedError(GatewayError):
-    code = "adapter_still_loaded"
 
 
 class PersonaRegistry:
@@ -153,7 +142,7 @@ class PersonaRegistry:
         async with self._locks[name]:
             previous = self._current.get(name)
             if previous is not None and not replace:
-                raise BadRequestError(
+                raise PersonaExistsError(
                     f"The lora adapter '{name}' has already been loaded. If you want to load "
                     "the adapter in place, set 'load_inplace' to True.",
                     param="lora_name",
@@ -217,9 +206,9 @@ class PersonaRegistry:
         name, at, version = model.partition("@")
         persona = self._current.get(name)
         if persona is None:
-            raise ModelNotFoundError(model, self.names())
+            raise UnknownModelError(model, self.names())
         if at and version != persona.version:
-            raise ModelNotFoundError(model, [*self.names(), f"{name}@{persona.version}"])
+            raise UnknownModelError(model, [*self.names(), f"{name}@{persona.version}"])
         if persona.state == "failed":
             raise PersonaUnavailableError(
                 f"The persona '{name}' cannot be served: {persona.error}", param="model"

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
+from loragate.adapters.errors import PersonaError
 from loragate.adapters.manifest import ADAPTER_CONFIG, MANIFEST_NAME, ManifestError, read_bundle
 from loragate.adapters.registry import PersonaRegistry, persona_args
-from loragate.server.errors import GatewayError
 from loragate.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class PersonaWatcher:
             return False
         try:
             await self._registry.put(name, bundle_dir, source="dir", load=False)
-        except GatewayError as exc:
+        except PersonaError as exc:
             logger.warning("persona bundle %s refused: %s", bundle_dir, exc.message)
             self._registry.record_failure(name, bundle_dir, "dir", exc.message)
         except Exception as exc:  # a check that missed a case must not end the scan
@@ -131,7 +131,7 @@ async def personas_running(
     for name, path in persona_args(settings):
         try:
             await registry.put(name, path, source="cli", load=False)
-        except GatewayError as exc:  # an explicitly named persona must work: stop here
+        except PersonaError as exc:  # an explicitly named persona must work: stop here
             raise RuntimeError(f"--persona {name}={path}: {exc.message}") from exc
     if settings.preload_personas:
         await registry.preload()

@@ -16,24 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from loragate.adapters.confinement import AdapterRoots
-from loragate.adapters.manifest import ADAPTER_CONFIG
+from loragate.adapters.errors import AdapterValidationError
+from loragate.adapters.manifest import ADAPTER_CONFIG, LORA_TARGET_MODULES
 from loragate.adapters.numerics import non_finite_tensor, scale_problem
 from loragate.adapters.safetensors_header import BrokenSafetensorsError, read_header
 from loragate.adapters.untrusted import UntrustedFileError, parse_json, read_capped
-from loragate.server.errors import BadRequestError
 
 WEIGHTS_FILE = "adapter_model.safetensors"
-# The Llama architecture's linear layers; vLLM packs them into qkv_proj and gate_up_proj.
-SUPPORTED_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _TENSOR_KEY = re.compile(
     r"^base_model\.model\.(?:model\.)?layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$"
 )
 # Inits that only set the starting weights; the others (PiSSA, OLoRA, LoftQ...) alter the base.
 _PLAIN_INITS = {"gaussian", "eva", "orthogonal", "mica", "lora_ga"}
-
-
-class AdapterValidationError(BadRequestError):
-    code = "invalid_adapter"
 
 
 @dataclass(frozen=True)
@@ -191,11 +185,11 @@ def _check_target_modules(targets: Any, where: str) -> None:
         return  # a regular expression: the weights' names are checked instead
     if not isinstance(targets, list) or not targets:
         raise AdapterValidationError(f"{where} names no target_modules in {ADAPTER_CONFIG}.")
-    unsupported = sorted({str(t) for t in targets} - set(SUPPORTED_MODULES))
+    unsupported = sorted({str(t) for t in targets} - set(LORA_TARGET_MODULES))
     if unsupported:
         raise AdapterValidationError(
             f"{where} targets modules the served model does not support for LoRA: "
-            f"{', '.join(unsupported)} (supported: {', '.join(SUPPORTED_MODULES)})."
+            f"{', '.join(unsupported)} (supported: {', '.join(LORA_TARGET_MODULES)})."
         )
 
 
@@ -221,7 +215,7 @@ def _check_weights(weights: Path, where: str, shape: ModelShape, max_rank: int) 
         if match is None:
             raise AdapterValidationError(
                 f"{where}: {WEIGHTS_FILE} has the tensor '{name}', which is not a LoRA A/B "
-                f"weight of a supported module ({', '.join(SUPPORTED_MODULES)})."
+                f"weight of a supported module ({', '.join(LORA_TARGET_MODULES)})."
             )
         layer, module, half = int(match[1]), match[2], match[3]
         pairs.setdefault((layer, module), {})[half] = info.shape
@@ -239,7 +233,7 @@ def _check_pair(
     max_rank: int,
 ) -> None:
     what = f"layers.{layer}.{module}"
-    if module not in SUPPORTED_MODULES:
+    if module not in LORA_TARGET_MODULES:
         raise AdapterValidationError(
             f"{where} adapts '{what}', a module the served model does not support for LoRA."
         )

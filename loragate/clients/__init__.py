@@ -6,13 +6,13 @@ The OpenAI SDK helpers are here. LangChain (`loragate.clients.langchain`) and th
 
 from loragate.clients.openai_client import (
     GatewaySettings,
-    PersonaInfo,
     alist_personas,
     async_gateway_client,
     gateway_client,
     list_personas,
     served_base_model,
 )
+from loragate.wire import PersonaInfo
 
 __all__ = [
     "GatewaySettings",

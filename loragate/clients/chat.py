@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, TextIO, cast
 
 from loragate.cli_settings import add_settings_arguments, settings_from_arguments
 from loragate.clients.openai_client import GatewaySettings
+from loragate.wire import error_message
 
 if TYPE_CHECKING:
     import openai
     from openai.types.chat import ChatCompletionMessageParam
 
-    from loragate.clients.openai_client import PersonaInfo
+    from loragate.wire import PersonaInfo
 
 USER_PROMPT = "you> "
 HELP = """commands:
@@ -151,12 +152,7 @@ def _describe(persona: PersonaInfo) -> str:
 
 
 def _message(exc: openai.APIError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return str(inner["message"])
-    return exc.message
+    return error_message(exc.body) or exc.message
 
 
 def model_names(client: openai.OpenAI) -> list[str]:

@@ -11,6 +11,8 @@ from typing import Any
 
 import requests
 
+from loragate.wire import error_message_in
+
 DEFAULT_LEGACY_URL = "http://127.0.0.1:6006"
 
 
@@ -57,15 +59,9 @@ def get_completion(
         timeout=timeout,
     )
     if not response.ok:
-        raise LegacyRequestError(response.status_code, _error_message(response))
+        message = error_message_in(response.text) or response.text or response.reason
+        raise LegacyRequestError(response.status_code, message)
     return str(response.json()["response"])
-
-
-def _error_message(response: requests.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text or response.reason
 
 
 def main() -> None:

@@ -6,13 +6,15 @@ variable `loragate serve` reads its key from), else a local gateway on :8000 wit
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import openai
 from openai.types import Model
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from loragate.wire import PersonaInfo
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 # The SDK refuses to start without a key; a gateway started without --api-key ignores it.
@@ -59,28 +61,6 @@ def async_gateway_client(
 ) -> openai.AsyncOpenAI:
     settings = gateway_settings(base_url, api_key)
     return openai.AsyncOpenAI(base_url=settings.base_url, api_key=settings.key(), **options)
-
-
-class PersonaInfo(BaseModel):
-    """A persona as GET /v1/personas describes it (fields beyond `name` may be absent)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    name: str
-    version: str | int | None = None
-    state: Literal["registered", "loading", "loaded", "failed"] | None = None
-    error: str | None = None
-    description: str | None = None
-    base_model: str | None = None
-    system_prompt: str | None = None
-    defaults: dict[str, Any] = Field(default_factory=dict)
-    adapter_path: str | None = None
-    rank: int | None = None
-    size_bytes: int | None = None
-    load_time_s: float | None = None
-    requests_served: int = 0
-    last_used: float | None = None
-    in_flight: int = 0
 
 
 class _PersonaList(BaseModel):

@@ -1,13 +1,15 @@
-"""One exception hierarchy and one handler set, rendering OpenAI's error envelope.
+"""HTTP's errors: the gateway's own, one table for the layers' domain errors, one handler set.
 
-The status codes are the ones openai-python maps to its exception classes
-(400 BadRequestError, 401 AuthenticationError, 404 NotFoundError, 503 InternalServerError...).
+Every error response is OpenAI's envelope, with the status codes openai-python maps to its
+exception classes (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError, 503
+InternalServerError...).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +18,21 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
+
+from loragate.adapters.errors import (
+    AdapterNotFoundError,
+    AdapterStillLoadedError,
+    AdapterValidationError,
+    InvalidPersonaNameError,
+    PathNotAllowedError,
+    PersonaError,
+    PersonaExistsError,
+    PersonaNotFoundError,
+    PersonaUnavailableError,
+    UnknownModelError,
+)
+from loragate.engine.protocol import EngineDeadError, EngineRequestError
+from loragate.validation_errors import first_problem
 
 logger = logging.getLogger(__name__)
 
@@ -56,23 +73,6 @@ class NotFoundError(GatewayError):
     type = "not_found_error"
 
 
-class ModelNotFoundError(NotFoundError):
-    type = "invalid_request_error"
-    code = "model_not_found"
-
-    def __init__(self, name: str, valid: Sequence[str]):
-        listed = ", ".join(sorted(valid)) or "(none)"
-        super().__init__(
-            f"The model '{name}' does not exist. Valid models: {listed}", param="model"
-        )
-        self.valid = list(valid)
-
-
-class ConflictError(GatewayError):
-    status = 409
-    type = "conflict_error"
-
-
 class ClientClosedRequestError(GatewayError):
     """Nobody reads this response; the status is nginx's 499 for access logs."""
 
@@ -86,10 +86,50 @@ class PayloadTooLargeError(GatewayError):
     code = "request_too_large"
 
 
-class EngineUnavailableError(GatewayError):
-    status = 503
-    type = "service_unavailable_error"
-    code = "engine_unavailable"
+@dataclass(frozen=True)
+class HttpShape:
+    """How one domain error is shown: status, OpenAI's `type`, `code`, and a lead-in."""
+
+    status: int
+    type: str
+    code: str | None
+    prefix: str = ""
+
+
+_INVALID = "invalid_request_error"
+
+# Each domain error of the layers below, as HTTP shows it; a subclass takes its nearest entry.
+DOMAIN_ERRORS: Mapping[type[Exception], HttpShape] = {
+    InvalidPersonaNameError: HttpShape(400, _INVALID, "invalid_persona_name"),
+    PersonaExistsError: HttpShape(400, _INVALID, None),
+    PathNotAllowedError: HttpShape(400, _INVALID, "adapter_path_not_allowed"),
+    AdapterNotFoundError: HttpShape(400, _INVALID, "adapter_not_found"),
+    AdapterValidationError: HttpShape(400, _INVALID, "invalid_adapter"),
+    PersonaUnavailableError: HttpShape(400, _INVALID, "persona_unavailable"),
+    # OpenAI's answer to an unknown model: a 404 of type invalid_request_error.
+    UnknownModelError: HttpShape(404, _INVALID, "model_not_found"),
+    PersonaNotFoundError: HttpShape(404, "not_found_error", "persona_not_found"),
+    AdapterStillLoadedError: HttpShape(500, "internal_error", "adapter_still_loaded"),
+    EngineRequestError: HttpShape(400, _INVALID, "invalid_value"),
+    EngineDeadError: HttpShape(
+        503, "service_unavailable_error", "engine_unavailable", "The engine is not available: "
+    ),
+}
+
+
+def as_gateway_error(exc: BaseException) -> GatewayError | None:
+    """`exc` as the gateway shows it, or None for an error nobody expected (a 500)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    shape = next((DOMAIN_ERRORS[c] for c in type(exc).__mro__ if c in DOMAIN_ERRORS), None)
+    if shape is None:
+        return None
+    error = GatewayError(
+        shape.prefix + (exc.message if isinstance(exc, PersonaError) else str(exc)),
+        param=getattr(exc, "param", None),
+    )
+    error.status, error.type, error.code = shape.status, shape.type, shape.code
+    return error
 
 
 def error_envelope(
@@ -113,28 +153,24 @@ class ErrorEnvelope(BaseModel):
     error: ErrorDetail
 
 
-def _param_of(loc: Sequence[int | str]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    return ".".join(parts) or None
-
-
-def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
-    first = errors[0]
+def _validation_message(errors: Any) -> tuple[str, str | None]:
+    problem = first_problem(errors, from_request=True)
     # A check of the whole body (an unsupported field) names its field in the error's context.
-    param = _param_of(first.get("loc", ())) or first.get("ctx", {}).get("param")
-    msg = first.get("msg", "invalid value")
-    if first.get("type") == "extra_forbidden":  # OpenAI's words for an unknown field
+    named = problem.context.get("param")
+    param = problem.dotted() or named
+    if problem.kind == "extra_forbidden":  # OpenAI's words for an unknown field
         return f"Unrecognized request argument supplied: {param}", param
-    if first.get("type") == "json_invalid":
-        return f"Malformed JSON body: {first.get('ctx', {}).get('error', msg)}", None
-    if first.get("ctx", {}).get("param"):
-        return msg, param
-    return (f"Invalid value for '{param}': {msg}" if param else msg), param
+    if problem.kind == "json_invalid":
+        return f"Malformed JSON body: {problem.context.get('error', problem.message)}", None
+    if named:
+        return problem.message, param
+    return problem.sentence(), param
 
 
 async def _gateway_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, GatewayError)
-    return JSONResponse(exc.envelope(), status_code=exc.status)
+    error = as_gateway_error(exc)
+    assert error is not None
+    return JSONResponse(error.envelope(), status_code=error.status)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -175,7 +211,9 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(GatewayError, _gateway_error)
+    handled: list[type[Exception]] = [GatewayError, *DOMAIN_ERRORS]
+    for error_class in handled:
+        app.add_exception_handler(error_class, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(405, _method_not_allowed)

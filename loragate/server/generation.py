@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from openai.types.completion_usage import CompletionUsage
 
-from loragate.engine.protocol import Engine, EngineDeadError, EngineRequestError
+from loragate.engine.protocol import Engine
 from loragate.engine.types import (
     AdapterRef,
     FinishReason,
@@ -18,7 +18,6 @@ from loragate.engine.types import (
     SamplingOptions,
     TokenLogprob,
 )
-from loragate.server.errors import BadRequestError, EngineUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +57,7 @@ def prepare(
     adapter: AdapterRef | None,
 ) -> Prepared:
     """Check the options with the engine now, so a refusal is a 400 before any stream starts."""
-    try:
-        engine.check_options(options)
-    except EngineRequestError as exc:
-        raise BadRequestError(str(exc), param=exc.param, code="invalid_value") from exc
+    engine.check_options(options)
     return Prepared(prompt_token_ids, options, adapter)
 
 
@@ -87,19 +83,12 @@ class GenerationResult:
 async def stream_updates(
     engine: Engine, prepared: Prepared, request_id: str
 ) -> AsyncIterator[GenerationUpdate]:
-    """The engine's updates, with a dead engine turned into a 503 and the request always freed."""
-    try:
-        async with aclosing(
-            engine.generate(
-                prepared.prompt_token_ids, prepared.options, request_id, prepared.adapter
-            )
-        ) as updates:
-            async for update in updates:
-                yield update
-    except EngineDeadError as exc:
-        raise EngineUnavailableError(f"The engine is not available: {exc}") from exc
-    except EngineRequestError as exc:
-        raise BadRequestError(str(exc), param=exc.param, code="invalid_value") from exc
+    """The engine's updates; the engine request is freed however the caller stops reading."""
+    async with aclosing(
+        engine.generate(prepared.prompt_token_ids, prepared.options, request_id, prepared.adapter)
+    ) as updates:
+        async for update in updates:
+            yield update
 
 
 async def generate_all(engine: Engine, prepared: Prepared, request_id: str) -> GenerationResult:

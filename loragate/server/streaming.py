@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from loragate.server.errors import ClientClosedRequestError, GatewayError, error_envelope
+from loragate.server.errors import ClientClosedRequestError, GatewayError, as_gateway_error
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,11 +26,12 @@ async def sse_events(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
     try:
         async for chunk in chunks:
             yield f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
-    except GatewayError as exc:
-        yield f"data: {json.dumps(exc.envelope())}\n\n"
-    except Exception:
-        logger.exception("error during a stream")
-        yield f"data: {json.dumps(error_envelope('Internal server error', 'internal_error'))}\n\n"
+    except Exception as exc:
+        error = as_gateway_error(exc)
+        if error is None:
+            logger.exception("error during a stream")
+            error = GatewayError("Internal server error")
+        yield f"data: {json.dumps(error.envelope())}\n\n"
     yield DONE
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from loragate.adapters.manifest import LORA_TARGET_MODULES
 
 
 @functools.cache
@@ -27,7 +27,7 @@ def make_lora_adapter(
     std: float,
     rank: int = 8,
     alpha: int = 16,
-    targets: tuple[str, ...] = ALL_PROJECTIONS,
+    targets: tuple[str, ...] = LORA_TARGET_MODULES,
 ) -> Path:
     """Write a peft adapter (adapter_config.json, adapter_model.safetensors) into out_dir."""
     import torch

@@ -14,7 +14,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from loragate.adapters.manifest import PersonaManifest, SamplingDefaultsSpec, write_manifest
+from loragate.adapters.manifest import (
+    LORA_TARGET_MODULES,
+    PersonaManifest,
+    SamplingDefaultsSpec,
+    write_manifest,
+)
 from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.sources import personas_running
 from loragate.engine.fake import FakeEngine
@@ -33,7 +38,7 @@ TINY_MODEL = {
     "num_hidden_layers": LAYERS,
     "head_dim": 4,
 }
-ALL_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_MODULES = LORA_TARGET_MODULES
 _FEATURES = {  # (in, out) for TINY_MODEL
     "q_proj": (8, 8),
     "k_proj": (8, 4),

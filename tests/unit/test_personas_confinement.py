@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from loragate.adapters.confinement import AdapterRoots, PathNotAllowedError
-from loragate.adapters.validation import AdapterValidationError, ModelShape, validate_adapter
-from loragate.server.errors import BadRequestError
+from loragate.adapters.confinement import AdapterRoots
+from loragate.adapters.errors import (
+    AdapterNotFoundError,
+    AdapterValidationError,
+    PathNotAllowedError,
+)
+from loragate.adapters.validation import ModelShape, validate_adapter
+from loragate.server.errors import as_gateway_error
 from tests.unit.personas_support import BASE, TINY_MODEL, write_adapter
 
 
@@ -26,7 +31,8 @@ def outside(tmp_path: Path) -> Path:
 def refused(roots: AdapterRoots, path: str | Path) -> str:
     with pytest.raises(PathNotAllowedError) as err:
         roots.confine(path)
-    assert err.value.status == 400 and err.value.code == "adapter_path_not_allowed"
+    shown = as_gateway_error(err.value)
+    assert shown is not None and shown.status == 400 and shown.code == "adapter_path_not_allowed"
     return err.value.message
 
 
@@ -80,7 +86,7 @@ def test_without_roots_nothing_is_allowed(outside: Path) -> None:
 
 
 def test_a_missing_path_inside_a_root(root: Path) -> None:
-    with pytest.raises(BadRequestError) as err:
+    with pytest.raises(AdapterNotFoundError) as err:
         AdapterRoots.of([root]).confine(root / "missing")
     assert "does not exist" in err.value.message
     assert not isinstance(err.value, AdapterValidationError | PathNotAllowedError)

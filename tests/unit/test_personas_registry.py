@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from loragate.adapters.registry import PersonaRegistry, PersonaUnavailableError
+from loragate.adapters.errors import PersonaUnavailableError, UnknownModelError
+from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.sources import personas_running
 from loragate.adapters.targets import ModelTarget
-from loragate.server.errors import ModelNotFoundError
 from tests.unit.personas_support import (
     BASE,
     DEEP,
@@ -122,7 +122,7 @@ async def test_name_at_version_pins_the_current_version(
     async with registry.lease("p@1") as target:
         assert target.name == "p"
     await registry.put("p", write_bundle(root / "v2", version="2"), source="api", load=True)
-    with pytest.raises(ModelNotFoundError) as err:
+    with pytest.raises(UnknownModelError) as err:
         async with registry.lease("p@1"):
             pass
     assert "p@2" in err.value.message
@@ -172,7 +172,7 @@ async def test_delete_waits_for_requests_in_flight_then_frees_the_engine(
     await asyncio.sleep(0.05)
     assert not deleting.done()
     assert target.adapter.int_id in engine.adapters
-    with pytest.raises(ModelNotFoundError):  # new requests see it gone at once
+    with pytest.raises(UnknownModelError):  # new requests see it gone at once
         async with registry.lease("p"):
             pass
     await stack.aclose()
@@ -216,7 +216,7 @@ async def test_unknown_name_is_404_listing_the_valid_ones(
     registry: PersonaRegistry, root: Path
 ) -> None:
     await registry.put("alpha", write_adapter(root / "alpha"), source="api", load=False)
-    with pytest.raises(ModelNotFoundError) as err:
+    with pytest.raises(UnknownModelError) as err:
         async with registry.lease("nope"):
             pass
     assert "alpha" in err.value.message and BASE in err.value.message

@@ -10,12 +10,10 @@ from typing import Any
 import pytest
 
 from loragate.adapters.confinement import AdapterRoots
+from loragate.adapters.errors import AdapterValidationError
 from loragate.adapters.untrusted import MAX_CONFIG_BYTES
-from loragate.adapters.validation import (
-    AdapterValidationError,
-    ModelShape,
-    validate_adapter,
-)
+from loragate.adapters.validation import ModelShape, validate_adapter
+from loragate.server.errors import as_gateway_error
 from tests.unit.personas_support import (
     BASE,
     DEEP,
@@ -39,7 +37,8 @@ def validate(path: Path, max_rank: int = 8) -> Any:
 def refusal(path: Path, max_rank: int = 8) -> str:
     with pytest.raises(AdapterValidationError) as err:
         validate(path, max_rank)
-    assert err.value.status == 400
+    shown = as_gateway_error(err.value)
+    assert shown is not None and shown.status == 400 and shown.code == "invalid_adapter"
     return err.value.message
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loragate.adapters.manifest import PersonaManifest, read_bundle
+from loragate.adapters.manifest import LORA_TARGET_MODULES, PersonaManifest, read_bundle
 from loragate.adapters.training.bundle import next_version, publish_bundle
-from loragate.adapters.training.recipe import LLAMA_PROJECTIONS, TrainSettings
+from loragate.adapters.training.recipe import TrainSettings
 
 
 def fake_adapter(marker: str):  # type: ignore[no-untyped-def]
@@ -46,7 +46,7 @@ def test_publish_then_replace_with_a_new_version(tmp_path: Path) -> None:
 def test_recipe_defaults_are_the_tutorials() -> None:
     s = TrainSettings(data=Path("d.json"))
     assert (s.lora_r, s.lora_alpha, s.lora_dropout) == (8, 32, 0.1)
-    assert s.target_modules == LLAMA_PROJECTIONS
+    assert s.target_modules == list(LORA_TARGET_MODULES)
     assert (s.batch_size, s.gradient_accumulation, s.epochs, s.learning_rate) == (4, 4, 3.0, 1e-4)
     assert s.gradient_checkpointing and s.save_steps == 100 and s.max_length == 384
     assert s.persona_name == "d" and s.bundle_dir == Path("personas/d")

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from loragate.adapters.manifest import ManifestError, PersonaManifest, read_bundle, write_manifest
+from loragate.wire import error_message_in
 
 ADAPTER_SUBDIR = "adapter"
 
@@ -76,15 +77,9 @@ def register_bundle(
     except httpx.HTTPError as exc:
         raise RegistrationError(f"cannot reach the gateway at {url}: {exc}") from exc
     if response.status_code not in (200, 201):
+        message = error_message_in(response.text) or response.text[:500]
         raise RegistrationError(
-            f"the gateway refused {name!r} (HTTP {response.status_code}): {_error_text(response)}"
+            f"the gateway refused {name!r} (HTTP {response.status_code}): {message}"
         )
     info: dict[str, Any] = response.json()
     return info
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:500]

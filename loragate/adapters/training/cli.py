@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from loragate.adapters.training.recipe import TrainSettings
 from loragate.cli_settings import add_settings_arguments, settings_from_arguments
+from loragate.validation_errors import first_problem
 
 
 def add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,10 +35,10 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_arguments(TrainSettings, args)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
-        detail = first["msg"].removeprefix("Value error, ")
-        print(f"loragate train: {detail if not first['loc'] else f'{where}: {detail}'}")
+        problem = first_problem(exc.errors())
+        flag = problem.dotted("-")
+        detail = f"--{flag.replace('_', '-')}: {problem.message}" if flag else problem.message
+        print(f"loragate train: {detail}")
         return 2
     return _train(settings, args.register, args.api_key)
 

@@ -13,9 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from loragate.adapters.manifest import LORA_TARGET_MODULES
 from loragate.adapters.training.remote import cached_data_path, is_url, url_file_name
-
-LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class TrainSettings(BaseSettings):
@@ -52,9 +51,9 @@ class TrainSettings(BaseSettings):
     lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale alpha/r).")
     lora_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="LoRA dropout.")
     target_modules: list[str] = Field(
-        default_factory=lambda: list(LLAMA_PROJECTIONS),
+        default_factory=lambda: list(LORA_TARGET_MODULES),
         description="Modules to adapt (repeat the flag, or comma-separate). Default: "
-        + ",".join(LLAMA_PROJECTIONS),
+        + ",".join(LORA_TARGET_MODULES),
     )
     batch_size: int = Field(default=4, ge=1, description="Examples per device per step.")
     gradient_accumulation: int = Field(

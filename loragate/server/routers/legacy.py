@@ -21,6 +21,7 @@ from loragate.server.protocol import LegacyPromptRequest, SamplingFields
 from loragate.server.sampling import check_messages_fit, completion_budget, sampling_options
 from loragate.server.state import AppState, app_state
 from loragate.server.streaming import until_disconnect
+from loragate.validation_errors import first_problem
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -42,9 +43,8 @@ async def _parse(request: Request) -> LegacyPromptRequest:
     try:
         return LegacyPromptRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise BadRequestError(f"Invalid value for '{param}': {first['msg']}", param=param) from exc
+        problem = first_problem(exc.errors())
+        raise BadRequestError(problem.sentence(), param=problem.dotted()) from exc
 
 
 def _history(body: LegacyPromptRequest) -> list[Message]:

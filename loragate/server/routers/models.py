@@ -6,9 +6,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 import loragate
-from loragate.engine.protocol import Engine, EngineDeadError
+from loragate.engine.protocol import Engine
 from loragate.server.auth import require_api_key
-from loragate.server.errors import EngineUnavailableError
 from loragate.server.openapi import errors
 from loragate.server.state import engine, registry
 
@@ -16,10 +15,7 @@ router = APIRouter()
 
 
 async def _live(running: Engine) -> Engine:
-    try:
-        await running.check_health()
-    except EngineDeadError as exc:
-        raise EngineUnavailableError(f"The engine is not available: {exc}") from exc
+    await running.check_health()  # a dead engine: EngineDeadError, a 503
     return running
 
 

@@ -9,11 +9,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from loragate.adapters.persona import PERSONA_NAME, PersonaInfo
+from loragate.adapters.persona import PERSONA_NAME
 from loragate.server.auth import require_admin_key, require_api_key
 from loragate.server.errors import NotFoundError
 from loragate.server.openapi import Responses, errors
 from loragate.server.state import registry
+from loragate.wire import PersonaInfo
 
 # Reading needs the API key (if any); changing needs the admin key (or, without one, the API key).
 router = APIRouter()
