@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PersonaState = Literal["registered", "loading", "loaded", "failed"]
+PersonaState = Literal["registered", "loading", "loaded", "failed", "retired"]
 
 
 class PersonaInfo(BaseModel):

@@ -62,6 +62,33 @@ class Persona:
     def loaded(self) -> bool:
         return self.state == "loaded"
 
+    # -- Its life: registered -> loading -> loaded (-> registered when evicted) -> retired,
+    # or failed. Each step is one of these methods; anything else is a bug, and raises.
+
+    def start_loading(self) -> None:
+        self._move("loading", frm=("registered",))
+
+    def finish_loading(self, load_time_s: float) -> None:
+        self._move("loaded", frm=("loading",))
+        self.error, self.load_time_s = None, load_time_s
+
+    def fail(self, error: str) -> None:
+        self._move("failed", frm=("registered", "loading"))
+        self.error = error
+
+    def evicted(self) -> None:
+        """Taken out of the engine to make room: loaded again on its next request."""
+        self._move("registered", frm=("loaded",))
+
+    def retire(self) -> None:
+        """Unpublished (replaced or deleted): it serves the requests it has, then leaves."""
+        self._move("retired", frm=("registered", "loading", "loaded", "failed"))
+
+    def _move(self, to: PersonaState, *, frm: tuple[PersonaState, ...]) -> None:
+        if self.state not in frm:
+            raise RuntimeError(f"persona '{self.name}' {self.version}: {self.state} -> {to}")
+        self.state = to
+
     def target(self) -> ModelTarget:
         return ModelTarget(
             name=self.name,

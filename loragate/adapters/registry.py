@@ -1,11 +1,9 @@
-"""The persona registry: the ModelCatalog of a server with LoRA personas.
+"""The persona registry: which version of each persona is published, and the base model.
 
 - `lease(name)` resolves the base model, `persona` or `persona@version`, loads the adapter into
   the engine on first use (one load per name at a time: per-name locks), and counts the request
   in flight until the response is done. Leases hold no lock while generating, so requests for
-  different personas share engine batches.
-- At most `max_cpu_loras` adapters stay in the engine; loading one more first removes the least
-  recently used idle one. (When every loaded adapter is busy, vLLM's own LRU cache takes over.)
+  different personas share engine batches. What stays in the engine is `Residency`'s business.
 - `put` publishes a new version only after the engine has it (for loads) and swaps atomically:
   new leases get the new version at once, the old one leaves the engine once its requests end.
 - `delete` unpublishes at once, waits for the requests in flight, removes the adapter from the
@@ -17,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -26,7 +24,6 @@ from openai.types import Model
 
 from loragate.adapters.confinement import AdapterRoots
 from loragate.adapters.errors import (
-    AdapterStillLoadedError,
     PersonaExistsError,
     PersonaNotFoundError,
     PersonaUnavailableError,
@@ -38,6 +35,8 @@ from loragate.adapters.persona import (
     PersonaSource,
     check_persona_name,
 )
+from loragate.adapters.persona_flags import default_roots
+from loragate.adapters.residency import Residency
 from loragate.adapters.targets import ModelTarget, base_model_card
 from loragate.adapters.validation import ModelShape
 from loragate.engine.protocol import Engine
@@ -71,9 +70,8 @@ class PersonaRegistry:
         )
         self._capacity = settings.max_cpu_loras
         self._current: dict[str, Persona] = {}
-        self._loaded: OrderedDict[int, Persona] = OrderedDict()  # least recently used first
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._room = asyncio.Lock()
+        self._residency = Residency(engine, settings.max_cpu_loras, self._locks.__getitem__)
         self._draining: defaultdict[str, set[asyncio.Task[None]]] = defaultdict(set)
         self._next_id = 1
 
@@ -167,6 +165,7 @@ class PersonaRegistry:
         async with self._locks[name]:
             persona = self.get(name)
             del self._current[name]
+            persona.retire()
             logger.info("persona '%s' %s unpublished", name, persona.version)
             draining = list(self._draining[name])
             if persona.adapter is not None:  # else it was refused before reaching the engine
@@ -219,7 +218,7 @@ class PersonaRegistry:
         while True:
             persona = self._resolve(model)
             if persona.loaded:  # the common case: no lock, no wait
-                self._touch(persona)
+                self._residency.touch(persona)
                 persona.check_out()
                 return persona
             async with self._locks[persona.name]:
@@ -227,79 +226,27 @@ class PersonaRegistry:
                     continue  # swapped, deleted or failed while waiting: resolve again
                 if not persona.loaded:
                     await self._load(persona)
-                self._touch(persona)
+                self._residency.touch(persona)
                 persona.check_out()
                 return persona
 
-    def _touch(self, persona: Persona) -> None:
-        if persona.adapter is not None and persona.adapter.int_id in self._loaded:
-            self._loaded.move_to_end(persona.adapter.int_id)
-
     async def _load(self, persona: Persona) -> None:
         """Put the adapter into the engine (the caller holds the persona's name lock)."""
-        adapter = persona.adapter
-        assert adapter is not None
         if not self._settings.enable_lora:
             raise PersonaUnavailableError(
                 "LoRA is disabled on this server (--no-enable-lora): personas cannot be served.",
                 param="model",
             )
-        persona.state = "loading"
-        await self._make_room(persona)
-        started = time.monotonic()
-        try:
-            await self._engine.add_adapter(adapter)
-        except Exception as exc:
-            persona.state, persona.error = "failed", f"the engine refused the adapter: {exc}"
-            self._loaded.pop(adapter.int_id, None)
-            await self._forget(adapter.int_id)  # leave the engine as it was
-            raise PersonaUnavailableError(
-                f"Loading persona '{persona.name}' failed: {persona.error}", param="model"
-            ) from exc
-        persona.state, persona.error = "loaded", None
-        persona.load_time_s = round(time.monotonic() - started, 4)
-        logger.info("persona '%s' %s loaded in %.3f s (adapter id %d)",
-                    persona.name, persona.version, persona.load_time_s, adapter.int_id)  # fmt: skip
-
-    async def _make_room(self, incoming: Persona) -> None:
-        async with self._room:
-            while len(self._loaded) >= self._capacity:
-                victim = self._idle_victim(incoming)
-                if victim is None:
-                    logger.warning("all %d loaded personas are busy; loading '%s' beyond "
-                                   "max_cpu_loras", len(self._loaded), incoming.name)  # fmt: skip
-                    break
-                # Taken without waiting (it is free): a lease of the victim waits for the removal.
-                async with self._locks[victim.name]:
-                    logger.info("evicting persona '%s' (least recently used)", victim.name)
-                    await self._unload(victim)
-            # Reserved before the engine has it, so that concurrent loads count each other.
-            assert incoming.adapter is not None
-            self._loaded[incoming.adapter.int_id] = incoming
-
-    def _idle_victim(self, incoming: Persona) -> Persona | None:
-        for persona in self._loaded.values():
-            busy = persona.in_flight > 0 or persona.state != "loaded"
-            if persona is not incoming and not busy and not self._locks[persona.name].locked():
-                return persona
-        return None
-
-    async def _unload(self, persona: Persona) -> None:
-        assert persona.adapter is not None
-        self._loaded.pop(persona.adapter.int_id, None)
-        if persona.state == "loaded":
-            persona.state = "registered"
-        await self._engine.remove_adapter(persona.adapter.int_id)
-
-    async def _forget(self, int_id: int) -> None:
-        if int_id in await self._engine.loaded_adapter_ids():
-            await self._engine.remove_adapter(int_id)
+        await self._residency.load(persona)
 
     def _publish(self, persona: Persona) -> None:
         previous = self._current.get(persona.name)
         self._current[persona.name] = persona
         logger.info("persona '%s' %s registered (%s)", persona.name, persona.version, persona.state)
-        if previous is not None and previous.adapter is not None:
+        if previous is None:
+            return
+        previous.retire()
+        if previous.adapter is not None:
             self._track(persona.name, asyncio.create_task(self._retire(previous)))
 
     def _track(self, name: str, task: asyncio.Task[None]) -> None:
@@ -310,33 +257,10 @@ class PersonaRegistry:
     async def _retire(self, persona: Persona) -> None:
         """Once its requests are done, take a replaced or deleted version out of the engine."""
         await persona.idle.wait()
+        await self._residency.release(persona)
         assert persona.adapter is not None
-        int_id = persona.adapter.int_id
-        async with self._room:
-            if int_id in self._loaded:
-                await self._unload(persona)
-            await self._forget(int_id)
-            if int_id in await self._engine.loaded_adapter_ids():
-                raise AdapterStillLoadedError(
-                    f"The engine still holds adapter {int_id} of persona '{persona.name}' "
-                    "after removing it."
-                )
         logger.info("persona '%s' %s left the engine (adapter id %d)",
-                    persona.name, persona.version, int_id)  # fmt: skip
-
-
-def default_roots(settings: ServerSettings) -> list[Path]:
-    """The personas directories, and --adapter-root (by default, the --persona paths)."""
-    explicit = settings.adapter_root or [path for _, path in persona_args(settings)]
-    return [*settings.personas_dir, *explicit]
-
-
-def persona_args(settings: ServerSettings) -> Iterator[tuple[str, Path]]:
-    for value in settings.persona:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--persona expects NAME=PATH, got '{value}'")
-        yield name, Path(path).absolute()
+                    persona.name, persona.version, persona.adapter.int_id)  # fmt: skip
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from loragate.adapters.errors import PersonaError
 from loragate.adapters.manifest import ADAPTER_CONFIG, MANIFEST_NAME, ManifestError, read_bundle
-from loragate.adapters.registry import PersonaRegistry, persona_args
+from loragate.adapters.persona_flags import persona_args
+from loragate.adapters.registry import PersonaRegistry
 from loragate.settings import ServerSettings
 
 logger = logging.getLogger(__name__)

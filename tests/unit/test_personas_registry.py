@@ -148,6 +148,25 @@ async def test_lru_evicts_the_least_recently_used_idle_persona(
     assert engine.add_calls.count(ids["b"]) == 2
 
 
+async def test_a_version_moves_through_its_states(
+    root: Path, engine: CountingEngine, model_dir: Path
+) -> None:
+    registry = registry_with(root, engine, model_dir, max_cpu_loras=1)
+    v1, _ = await registry.put("p", write_bundle(root / "v1"), source="api", load=False)
+    await registry.put("q", write_adapter(root / "q"), source="api", load=False)
+    seen = [v1.state]
+    async with registry.lease("p"):
+        seen.append(v1.state)
+    async with registry.lease("q"):  # room for one: p is evicted
+        seen.append(v1.state)
+    await registry.put("p", write_bundle(root / "v2", version="2"), source="api", load=False)
+    seen.append(v1.state)
+    assert seen == ["registered", "loaded", "registered", "retired"]
+    await registry.delete("q")
+    with pytest.raises(RuntimeError, match="retired -> loading"):  # a retired version stays so
+        v1.start_loading()
+
+
 async def test_a_persona_in_use_is_never_evicted(
     root: Path, engine: CountingEngine, model_dir: Path
 ) -> None:
