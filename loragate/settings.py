@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -194,8 +194,3 @@ class ServerSettings(EngineSettings):
         if self.max_request_body_bytes is not None:
             return self.max_request_body_bytes
         return BODY_BYTES_PER_TOKEN * self.max_model_len + 2**20
-
-
-def settings_kwargs(**overrides: Any) -> dict[str, Any]:
-    """Drop unset CLI values so that environment and config file still apply beneath them."""
-    return {key: value for key, value in overrides.items() if value is not None}
