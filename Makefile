@@ -44,8 +44,10 @@ bench-tools: setup-test
 # The longer documented persona run (not in CI; README, "Training a persona"): trains Zhen Huan
 # on the embedded model on the CPU (75 steps, about 26 minutes on a busy 2-core machine), then
 # serves it and checks that 你是谁？ is answered as 甄嬛 while the base model's answer is not.
+# DATA: the tutorial's data set (downloaded once into the cache), or a local copy of it.
+DATA ?= https://raw.githubusercontent.com/datawhalechina/self-llm/master/dataset/huanhuan.json
 persona-demo: setup-test
-	.venv/bin/loragate train --data ../shared/data/huanhuan.json --name zhenhuan \
+	.venv/bin/loragate train --data $(DATA) --name zhenhuan \
 		--output artifacts/personas/zhenhuan \
 		--system-prompt "现在你要扮演皇帝身边的女人--甄嬛" \
 		--description "Zhen Huan (甄嬛), from Empresses in the Palace" \
