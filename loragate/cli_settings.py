@@ -40,6 +40,8 @@ def add_settings_arguments(
         elif get_origin(annotation) is list:
             (item,) = get_args(annotation)
             kwargs.update(action="append", type=Path if item is Path else str, metavar=name.upper())
+        elif get_origin(annotation) is dict:  # KEY=VALUE pairs, parsed by the settings class
+            kwargs.update(action="append", type=str, metavar="KEY=VALUE")
         elif get_origin(annotation) is typing.Literal:
             kwargs.update(choices=list(get_args(annotation)))
         else:

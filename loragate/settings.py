@@ -6,11 +6,12 @@ Precedence, highest first: CLI flags, environment, config file (`--config` or
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +28,8 @@ SMALL_MACHINE_CORES = 4
 # A token is a few characters, each at most 6 bytes as a JSON escape (\uXXXX): 32 bytes per
 # token leaves room for the longest context in any text, with the JSON around it.
 BODY_BYTES_PER_TOKEN = 32
+# The ranks vLLM's LoRA config accepts (vllm.config.lora.MaxLoRARanks; a unit test compares).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class _LoragateSettings(BaseSettings):
@@ -58,20 +61,64 @@ class EngineSettings(_LoragateSettings):
         default=None,
         description="Name of the base model in the API. Default: the model directory's name.",
     )
-    max_model_len: int = Field(
-        default=2048, ge=16, description="Context length (prompt plus completion) in tokens."
+    max_model_len: int | None = Field(
+        default=None,
+        ge=-1,
+        description="Context length (prompt plus completion) in tokens. Default: the model's "
+        "own (131072 for Llama-3.1), shortened by vLLM to what fits the KV cache (as -1).",
     )
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        default="bfloat16", description="Weights and activations dtype."
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
+        default=None,
+        description="Weights and activations dtype. Default: bfloat16 on the CPU; auto on a GPU "
+        "(the model's bf16, or fp16 on GPUs without bf16 such as T4 and V100).",
     )
-    kv_cache_memory_fraction: float = Field(
-        default=0.3,
+    kv_cache_memory_fraction: float | None = Field(
+        default=None,
         gt=0,
         le=1,
-        description="Fraction of memory reserved for the KV cache (vLLM gpu_memory_utilization; "
-        "on the CPU backend, a fraction of one NUMA node's RAM). Use about 0.9 on a GPU.",
+        description="vLLM's gpu_memory_utilization: on a GPU the fraction of its memory for the "
+        "whole engine (weights, activations, KV cache), vLLM's own (0.92) by default; on the CPU "
+        "the fraction of one NUMA node's RAM for the KV cache, 0.3 by default.",
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1, description="vLLM's name of --kv-cache-memory-fraction."
     )
     tensor_parallel_size: int = Field(default=1, ge=1, description="Tensor-parallel workers.")
+    pipeline_parallel_size: int = Field(
+        default=1, ge=1, description="Pipeline-parallel stages (vLLM's, e.g. across nodes)."
+    )
+    data_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        description="Data-parallel engine replicas, each with the whole model (and every "
+        "persona: adapter loads go to all of them).",
+    )
+    distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = Field(
+        default=None,
+        description="vLLM's executor for several workers: mp (processes), ray (needs a "
+        "Ray cluster; `pip install ray`), uni, external_launcher. Default: vLLM's choice.",
+    )
+    quantization: str | None = Field(
+        default=None,
+        description="vLLM quantization method (awq, gptq, fp8, bitsandbytes...). Default: the "
+        "model's own (none for Llama-3.1-8B-Instruct).",
+    )
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="Reuse the KV cache of shared prompt prefixes. Default: vLLM's."
+    )
+    kv_cache_dtype: str | None = Field(
+        default=None, description="KV cache dtype (auto, fp8, fp8_e5m2...). Default: auto."
+    )
+    max_num_batched_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens per engine step. Default: vLLM's OpenAI server's for the device.",
+    )
+    engine: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other vLLM engine argument (AsyncEngineArgs' names): an [engine] "
+        "table in the config file, or --engine KEY=VALUE (VALUE as JSON, else a string).",
+    )
     enable_lora: bool = Field(default=True, description="Enable LoRA adapters (personas).")
     max_loras: int = Field(
         default=8,
@@ -79,14 +126,23 @@ class EngineSettings(_LoragateSettings):
         description="Adapters that can run in one engine batch (requests for more wait). Each "
         "slot holds max_lora_rank weights for every layer: ~85 MB on Llama-3.1-8B at rank 16.",
     )
-    max_lora_rank: int = Field(default=16, ge=1, description="Highest adapter rank accepted.")
+    max_lora_rank: int = Field(
+        default=16,
+        description="Highest adapter rank accepted: one of vLLM's "
+        f"{', '.join(map(str, LORA_RANKS))}.",
+    )
     max_cpu_loras: int = Field(
         default=16,
         ge=1,
         description="Adapters kept loaded in the engine (least recently used out); at least "
         "max_loras.",
     )
-    max_num_seqs: int = Field(default=64, ge=1, description="Sequences per engine batch.")
+    max_num_seqs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Sequences per engine batch. Default: 64 on the CPU; vLLM's OpenAI server's "
+        "on a GPU (256, or 1024 on 80 GB cards other than the A100).",
+    )
     seed: int = Field(default=0, description="Engine random seed.")
     enforce_eager: bool = Field(
         default=False, description="Disable CUDA graphs / compilation (faster start, slower run)."
@@ -106,6 +162,31 @@ class EngineSettings(_LoragateSettings):
         "in a batch with personas get no adapter; a few GEMMs per batch). Off only to compare "
         "with vLLM's own ops: they apply the last adapter slot to base-model tokens.",
     )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _a_rank_vllm_accepts(cls, rank: int) -> int:
+        if rank not in LORA_RANKS:
+            raise ValueError(f"vLLM accepts only {', '.join(map(str, LORA_RANKS))}, not {rank}")
+        return rank
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _key_value_pairs(cls, value: Any) -> Any:
+        """--engine KEY=VALUE flags arrive as a list of strings; the file's table as a dict."""
+        if isinstance(value, list):
+            return dict(parse_engine_flag(item) for item in value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_memory_fraction(self) -> EngineSettings:
+        alias, own = self.gpu_memory_utilization, self.kv_cache_memory_fraction
+        if alias is not None and own is not None and alias != own:
+            raise ValueError(
+                "kv_cache_memory_fraction and gpu_memory_utilization are one setting: give one"
+            )
+        self.kv_cache_memory_fraction = own if own is not None else alias
+        return self
 
     def resolved_cpu_reserved_cores(self) -> int | None:
         """The cores to reserve, or None for vLLM's own choice (or the environment's)."""
@@ -190,7 +271,19 @@ class ServerSettings(EngineSettings):
     def legacy_enabled(self) -> bool:
         return bool(self.legacy_port)
 
-    def body_limit(self) -> int:
+    def body_limit(self, max_model_len: int) -> int:
+        """The largest body accepted, for an engine whose context is `max_model_len`."""
         if self.max_request_body_bytes is not None:
             return self.max_request_body_bytes
-        return BODY_BYTES_PER_TOKEN * self.max_model_len + 2**20
+        return BODY_BYTES_PER_TOKEN * max_model_len + 2**20
+
+
+def parse_engine_flag(item: str) -> tuple[str, Any]:
+    key, sep, raw = str(item).partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--engine expects KEY=VALUE, got '{item}'")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip().replace("-", "_"), value

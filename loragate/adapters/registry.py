@@ -64,7 +64,7 @@ class PersonaRegistry:
         self.roots = AdapterRoots.of(default_roots(settings))
         self._reader = PersonaReader(
             roots=self.roots,
-            shape=shape or ModelShape.from_model_path(model_path),
+            shape=shape or ModelShape.from_config(engine.hf_config),
             max_rank=engine.max_lora_rank,
             base_names=(base_name, model_path),
         )

@@ -8,9 +8,8 @@ numbers (the LoRA scale, NaN or Inf in the weights) by numerics.py.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from loragate.adapters.manifest import ADAPTER_CONFIG, LORA_TARGET_MODULES
 from loragate.adapters.numerics import non_finite_tensor, scale_problem
 from loragate.adapters.safetensors_header import BrokenSafetensorsError, read_header
 from loragate.adapters.untrusted import UntrustedFileError, parse_json, read_capped
+from loragate.settings import LORA_RANKS
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 _TENSOR_KEY = re.compile(
@@ -42,7 +42,7 @@ class ModelShape:
     head_dim: int
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ModelShape:
+    def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
         config = config.get("text_config") or config  # multimodal configs nest the text model
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
@@ -54,15 +54,6 @@ class ModelShape:
             num_hidden_layers=int(config["num_hidden_layers"]),
             head_dim=int(config.get("head_dim") or hidden // heads),
         )
-
-    @classmethod
-    def from_model_path(cls, model_path: str) -> ModelShape:
-        local = Path(model_path) / "config.json"
-        if local.is_file():
-            return cls.from_config(json.loads(local.read_text(encoding="utf-8")))
-        from transformers import AutoConfig  # a hub id: vLLM has fetched it into the HF cache
-
-        return cls.from_config(AutoConfig.from_pretrained(model_path).to_dict())
 
     def features(self, module: str) -> tuple[int, int]:
         """(in_features, out_features) of one projection."""
@@ -173,9 +164,14 @@ def _check_rank(config: dict[str, Any], where: str, max_rank: int) -> list[int]:
         )
     highest = max(valid)
     if highest > max_rank:
+        fits = [r for r in LORA_RANKS if r >= highest]
+        hint = (
+            f"start the server with --max-lora-rank {fits[0]} to serve it"
+            if fits
+            else f"vLLM serves ranks up to {LORA_RANKS[-1]}"
+        )
         raise AdapterValidationError(
-            f"{where} has rank {highest}, above the server's max_lora_rank {max_rank} "
-            f"(start the server with --max-lora-rank {highest} to serve it)."
+            f"{where} has rank {highest}, above the server's max_lora_rank {max_rank} ({hint})."
         )
     return valid
 

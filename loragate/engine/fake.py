@@ -68,6 +68,17 @@ class FakeEngine:
     aborted: list[str] = field(default_factory=list)
     adapters: dict[int, AdapterRef] = field(default_factory=dict)
     dead: bool = False
+    # A tiny Llama's dimensions, for adapter shape checks.
+    hf_config: dict[str, Any] = field(
+        default_factory=lambda: {
+            "hidden_size": 8,
+            "intermediate_size": 16,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "num_hidden_layers": 1,
+            "head_dim": 4,
+        }
+    )
 
     @property
     def tokenizer(self) -> CharTokenizer:

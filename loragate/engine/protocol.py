@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Protocol
 
 from loragate.engine.types import AdapterRef, GenerationUpdate, SamplingOptions
@@ -45,6 +45,11 @@ class Engine(Protocol):
     @property
     def vocab_size(self) -> int:
         """Token ids are below this."""
+        ...
+
+    @property
+    def hf_config(self) -> Mapping[str, Any]:
+        """The served model's Hugging Face config (config.json's values: its dimensions)."""
         ...
 
     @property

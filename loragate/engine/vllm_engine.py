@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from loragate.engine.cpu_lora import PATCH_ENV
+from loragate.engine.engine_args import (
+    Platform,
+    build_engine_args,
+    detect_platform,
+    server_usage_context,
+)
 from loragate.engine.protocol import ChatTokenizer, EngineDeadError, EngineRequestError
 from loragate.engine.tether import GATEWAY_PID_ENV
 from loragate.engine.types import (
@@ -25,37 +31,46 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-
-def build_engine_args(settings: EngineSettings, model_path: str, served_name: str) -> Any:
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    return AsyncEngineArgs(
-        model=model_path,
-        served_model_name=[served_name],
-        max_model_len=settings.max_model_len,
-        dtype=settings.dtype,
-        gpu_memory_utilization=settings.kv_cache_memory_fraction,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        enable_lora=settings.enable_lora,
-        max_loras=settings.max_loras,
-        max_lora_rank=settings.max_lora_rank,  # type: ignore[arg-type]  # validated by vLLM
-        max_cpu_loras=settings.max_cpu_loras,
-        max_num_seqs=settings.max_num_seqs,
-        seed=settings.seed,
-        enforce_eager=settings.enforce_eager,
-    )
+THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
 
-def engine_environment(settings: EngineSettings) -> dict[str, str]:
+def engine_environment(settings: EngineSettings, platform: Platform) -> dict[str, str]:
     """vLLM settings that only its environment variables carry."""
-    reserved = settings.resolved_cpu_reserved_cores()
     # The engine core dies with this process (loragate.engine.tether, a vLLM plugin).
     environment = {GATEWAY_PID_ENV: str(os.getpid())}
     if not settings.cpu_lora_patch:
         environment[PATCH_ENV] = "0"
-    if reserved is not None:
-        environment[RESERVED_CPU_ENV] = str(reserved)
+    if platform.is_cpu:
+        reserved = settings.resolved_cpu_reserved_cores()
+        if reserved is not None:
+            environment[RESERVED_CPU_ENV] = str(reserved)
+        binding = cpu_thread_binding(settings, sorted(os.sched_getaffinity(0)))
+        if binding is not None:
+            environment[THREADS_BIND_ENV] = binding
     return environment
+
+
+def cpu_thread_binding(settings: EngineSettings, cores: list[int]) -> str | None:
+    """VLLM_CPU_OMP_THREADS_BIND for several CPU workers: the cores split among them.
+
+    vLLM's own ("auto") binds worker N to NUMA node N, so two workers on a one-node machine
+    fail to start ("Not enough allowed NUMA nodes"). Its list is in [DP, PP, TP] order.
+    """
+    workers = (
+        settings.data_parallel_size
+        * settings.pipeline_parallel_size
+        * settings.tensor_parallel_size
+    )
+    if workers == 1 or THREADS_BIND_ENV in os.environ:
+        return None
+    if len(cores) < workers:
+        raise ValueError(
+            f"{workers} CPU workers (data x pipeline x tensor parallel) need at least {workers} "
+            f"cores; this process may use {len(cores)}"
+        )
+    share = len(cores) // workers
+    groups = [cores[i * share : (i + 1) * share] for i in range(workers)]
+    return "|".join(",".join(map(str, group)) for group in groups)
 
 
 def longest_token_chars(tokenizer: Any) -> int:
@@ -77,14 +92,18 @@ class VllmEngine:
         self._max_model_len = max_model_len
         self._max_lora_rank = max_lora_rank
         self._vocab_size = int(llm.model_config.get_vocab_size())
+        # The config vLLM loaded (from the hub, ModelScope or a directory): no second lookup.
+        self._hf_config: dict[str, Any] = llm.model_config.hf_text_config.to_dict()
         self._max_token_chars = longest_token_chars(self._tokenizer)
 
     @classmethod
     def start(cls, settings: EngineSettings, model_path: str, served_name: str) -> VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        os.environ.update(engine_environment(settings))  # read by the processes vLLM spawns
-        llm = AsyncLLM.from_engine_args(build_engine_args(settings, model_path, served_name))
+        platform = detect_platform()
+        os.environ.update(engine_environment(settings, platform))  # read by vLLM's processes
+        args = build_engine_args(settings, model_path, served_name, platform)
+        llm = AsyncLLM.from_engine_args(args, usage_context=server_usage_context())
         max_len = int(llm.model_config.max_model_len)
         return cls(llm, max_len, settings.max_lora_rank)
 
@@ -103,6 +122,10 @@ class VllmEngine:
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
+
+    @property
+    def hf_config(self) -> Mapping[str, Any]:
+        return self._hf_config
 
     @property
     def max_token_chars(self) -> int:

@@ -15,7 +15,7 @@ from loragate.server.limits import LEGACY_ROUTES, BodyLimitMiddleware, LegacyPor
 from loragate.server.observability import RequestIdMiddleware
 from loragate.server.openapi import EVERY_ROUTE, install_openapi
 from loragate.server.routers import chat, completions, legacy, models, personas, web
-from loragate.server.state import AppState
+from loragate.server.state import AppState, scope_state
 from loragate.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,10 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
     install_error_handlers(app)
     install_openapi(app)
     # Inside the request id (Gateway), so that a refusal here has one. Added innermost first.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.body_limit())
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=lambda scope: settings.body_limit(scope_state(scope).engine.max_model_len),
+    )
     if settings.legacy_enabled() and not settings.legacy_serves_all_routes:
         assert settings.legacy_port is not None
         app.add_middleware(

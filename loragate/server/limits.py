@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Container
+from collections.abc import Callable, Container
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,17 +27,19 @@ class BodyLimitMiddleware:
     declared Content-Length over the limit is refused without reading a byte.
     """
 
-    def __init__(self, app: ASGIApp, limit: int):
+    def __init__(self, app: ASGIApp, limit: Callable[[Scope], int]):
+        """`limit(scope)`: the engine's context decides it, known once the lifespan started."""
         self.app = app
-        self.limit = limit
+        self.limit_of = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_of(scope)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -49,16 +51,16 @@ class BodyLimitMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
-                await self._refuse(send)
+            if size > limit:
+                await self._refuse(send, limit)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
         await self.app(scope, _replay(chunks, None, receive), send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int) -> None:
         error = PayloadTooLargeError(
-            f"The request body is larger than {self.limit} bytes (--max-request-body-bytes)."
+            f"The request body is larger than {limit} bytes (--max-request-body-bytes)."
         )
         await send_error(send, error.status, error.envelope())
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.targets import SamplingDefaults
@@ -43,7 +44,12 @@ class AppState:
 
 
 def app_state(request: Request) -> AppState:
-    state = request.app.state.loragate
+    return scope_state(request.scope)
+
+
+def scope_state(scope: Scope) -> AppState:
+    """The state of the app serving `scope` (Starlette puts the app in every scope)."""
+    state = scope["app"].state.loragate
     assert isinstance(state, AppState)
     return state
 

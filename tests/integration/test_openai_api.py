@@ -10,9 +10,11 @@ import jsonschema
 import openai
 import pytest
 
+from loragate.default_model import ensure_default_model
 from tests.integration.conftest import BASE_MODEL
 from tests.integration.gateway import Gateway
 
+MODEL_CONTEXT = 8192  # SmolLM2-135M-Instruct's own
 QUESTION = [{"role": "user", "content": "Name three colours."}]
 
 
@@ -184,11 +186,13 @@ def test_completions_string_list_echo_and_logprobs(client: openai.OpenAI) -> Non
     echoed = client.completions.create(
         model=BASE_MODEL, prompt="Hello there", max_tokens=3, echo=True, logprobs=2, temperature=0
     )
-    choice = echoed.choices[0]
+    choice, usage = echoed.choices[0], echoed.usage
     assert choice.text.startswith("Hello there")
-    assert choice.logprobs.token_logprobs[0] is None  # the first prompt token has no context
-    assert len(choice.logprobs.tokens) == echoed.usage.prompt_tokens + 3
-    assert "".join(choice.logprobs.tokens) == choice.text
+    logprobs = choice.logprobs
+    assert logprobs and logprobs.token_logprobs and logprobs.tokens and usage
+    assert logprobs.token_logprobs[0] is None  # the first prompt token has no context
+    assert len(logprobs.tokens) == usage.prompt_tokens + 3
+    assert "".join(logprobs.tokens) == choice.text
 
 
 def test_completions_stream(client: openai.OpenAI) -> None:
@@ -197,13 +201,17 @@ def test_completions_stream(client: openai.OpenAI) -> None:
         stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     )  # fmt: skip
     chunks = list(stream)
-    assert chunks[-1].usage.completion_tokens == 8
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 8
     assert "".join(c.choices[0].text for c in chunks if c.choices)
 
 
-def test_models_lists_base_with_max_model_len(client: openai.OpenAI) -> None:
+def test_models_lists_base_with_the_models_own_context(client: openai.OpenAI) -> None:
+    # No --max-model-len: the model's own context, from its config.json.
+    config = json.loads((ensure_default_model() / "config.json").read_text())
+    assert config["max_position_embeddings"] == MODEL_CONTEXT
     cards = {m.id: m for m in client.models.list()}
-    assert cards[BASE_MODEL].max_model_len == 2048  # type: ignore[attr-defined]
+    assert cards[BASE_MODEL].max_model_len == MODEL_CONTEXT  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -222,9 +230,10 @@ def test_invalid_fields_are_400_naming_the_param(
 ) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         chat(client, **kwargs)
-    assert err.value.body["type"] == "invalid_request_error"
+    body = err.value.body
+    assert isinstance(body, dict) and body["type"] == "invalid_request_error"
     if param:
-        assert err.value.body["param"] == param
+        assert body["param"] == param
 
 
 def test_unknown_model_is_404_listing_valid(client: openai.OpenAI) -> None:
@@ -234,13 +243,13 @@ def test_unknown_model_is_404_listing_valid(client: openai.OpenAI) -> None:
 
 
 def test_prompt_over_context_is_400_with_both_lengths(client: openai.OpenAI) -> None:
-    long = [{"role": "user", "content": "word " * 3000}]
+    long = [{"role": "user", "content": "word " * (MODEL_CONTEXT + 100)}]
     with pytest.raises(openai.BadRequestError) as err:
         chat(client, messages=long)
-    assert "2048" in err.value.message and err.value.code == "context_length_exceeded"
+    assert "8192" in err.value.message and err.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as err:
-        chat(client, max_tokens=5000)
-    assert "2048" in err.value.message and "5000" in err.value.message
+        chat(client, max_tokens=9000)
+    assert "8192" in err.value.message and "9000" in err.value.message
 
 
 async def test_sixteen_concurrent_streams_complete_with_every_token(gateway: Gateway) -> None:
@@ -267,7 +276,9 @@ async def _sixteen_streams(async_client: openai.AsyncOpenAI) -> list[tuple[int, 
             if chunk.usage:
                 usage = chunk.usage.completion_tokens
             for choice in chunk.choices:
-                tokens += len(choice.logprobs.content) if choice.logprobs else 0
+                if choice.logprobs:
+                    assert choice.logprobs.content is not None
+                    tokens += len(choice.logprobs.content)
                 finish = choice.finish_reason or finish
         return tokens, usage, finish
 

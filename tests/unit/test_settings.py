@@ -9,6 +9,7 @@ import pytest
 
 from loragate.cli import build_parser
 from loragate.cli_settings import settings_from_arguments
+from loragate.engine.engine_args import Platform, engine_kwargs
 from loragate.engine.tether import GATEWAY_PID_ENV
 from loragate.engine.vllm_engine import engine_environment
 from loragate.settings import RESERVED_CPU_ENV, ServerSettings
@@ -23,7 +24,10 @@ def test_defaults_suit_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = parse()
     assert (settings.port, settings.legacy_port) == (8000, 6006)
     assert settings.model is None and settings.enable_lora
-    assert settings.kv_cache_memory_fraction == 0.3
+    # Decided by the platform: loragate.engine.engine_args, tests/unit/test_engine_args.py.
+    assert settings.kv_cache_memory_fraction is None and settings.max_model_len is None
+    cpu = engine_kwargs(settings, "/m", "m", Platform("cpu", is_cpu=True))
+    assert cpu["gpu_memory_utilization"] == 0.3
 
 
 def test_precedence_flag_env_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -87,6 +91,6 @@ def test_small_machines_reserve_no_core_off_the_engine(
         monkeypatch.setenv(RESERVED_CPU_ENV, env)
     settings = parse(*(["--cpu-reserved-cores", flag] if flag else []))
     assert settings.resolved_cpu_reserved_cores() == reserved
-    environment = engine_environment(settings)
+    environment = engine_environment(settings, Platform("cpu", is_cpu=True))
     assert environment.pop(GATEWAY_PID_ENV) == str(os.getpid())
     assert environment == ({} if reserved is None else {RESERVED_CPU_ENV: str(reserved)})
