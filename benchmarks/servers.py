@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from loragate.engine.engine_args import detect_platform, engine_kwargs
 from loragate.engine.vllm_engine import engine_environment
 from loragate.settings import EngineSettings
 
@@ -77,22 +78,25 @@ def vllm_spec(model_dir: Path, served_name: str, personas: Mapping[str, Path]) -
     module is the same server. Its per-request access log is turned off, as loragate's is.
     """
     s = _engine_settings()
+    platform = detect_platform()
+    # What loragate's engine gets on this platform (its defaults resolved), given to vLLM's server.
+    k = engine_kwargs(s, str(model_dir), served_name, platform)
     port = free_port()
     argv = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", served_name,
         "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", str(s.max_model_len), "--dtype", s.dtype,
+        "--max-model-len", str(k["max_model_len"]), "--dtype", k["dtype"],
         "--gpu-memory-utilization", str(KV_CACHE_FRACTION),
-        "--max-num-seqs", str(s.max_num_seqs), "--seed", str(s.seed),
-        "--enable-lora", "--max-loras", str(s.max_loras),
-        "--max-lora-rank", str(s.max_lora_rank), "--max-cpu-loras", str(s.max_cpu_loras),
+        "--max-num-seqs", str(k["max_num_seqs"]), "--seed", str(k["seed"]),
+        "--enable-lora", "--max-loras", str(k["max_loras"]),
+        "--max-lora-rank", str(k["max_lora_rank"]), "--max-cpu-loras", str(k["max_cpu_loras"]),
         "--disable-uvicorn-access-log",
     ]  # fmt: skip
     if personas:
         argv += ["--lora-modules", *(f"{name}={path}" for name, path in personas.items())]
     # The same CPU split as loragate's engine (an environment variable, not a flag, in vLLM).
-    return ServerSpec(VLLM, argv, port, "/health", env=engine_environment(s))
+    return ServerSpec(VLLM, argv, port, "/health", env=engine_environment(s, platform))
 
 
 def tutorial_spec(model_dir: Path) -> ServerSpec:

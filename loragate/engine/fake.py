@@ -170,6 +170,9 @@ class FakeEngine:
     async def loaded_adapter_ids(self) -> set[int]:
         return set(self.adapters)
 
+    async def adapter_ids_by_replica(self) -> list[set[int]]:
+        return [set(self.adapters)]
+
     def num_unfinished_requests(self) -> int:
         return len(self.running)
 

@@ -204,7 +204,16 @@ class VllmEngine:
         await self._llm.remove_lora(int_id)
 
     async def loaded_adapter_ids(self) -> set[int]:
-        return set(await self._llm.list_loras())
+        return set().union(*await self.adapter_ids_by_replica())
+
+    async def adapter_ids_by_replica(self) -> list[set[int]]:
+        # AsyncLLM.list_loras asks only the first data-parallel replica; adds and removes go to
+        # every one (vLLM's DP client broadcasts them), so every one is asked here.
+        core = self._llm.engine_core
+        ask_all = getattr(core, "call_utility_all_async", None)
+        if ask_all is None:
+            return [set(await self._llm.list_loras())]
+        return [set(ids) for ids in await ask_all("list_loras")]
 
     def num_unfinished_requests(self) -> int:
         return int(self._llm.get_num_unfinished_requests())

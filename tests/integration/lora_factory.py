@@ -28,14 +28,16 @@ def make_lora_adapter(
     rank: int = 8,
     alpha: int = 16,
     targets: tuple[str, ...] = LORA_TARGET_MODULES,
+    base: Path | None = None,
 ) -> Path:
-    """Write a peft adapter (adapter_config.json, adapter_model.safetensors) into out_dir."""
+    """Write a peft adapter (adapter_config.json, adapter_model.safetensors) into out_dir, for
+    `base` (default: the embedded model)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(_base_model_dir(), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base or _base_model_dir(), dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0)
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
@@ -43,5 +45,5 @@ def make_lora_adapter(
             if "lora_A" in name or "lora_B" in name:
                 param.normal_(0.0, std)
     out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(str(out_dir))
     return out_dir

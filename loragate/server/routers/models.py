@@ -38,9 +38,11 @@ async def engine_status(request: Request) -> dict[str, Any]:
     """What the engine holds right now: for operators, and for tests that check cleanup."""
     # As /health: a dead engine is a 503, not counters of requests it will never finish.
     running = await _live(engine(request))
+    replicas = await running.adapter_ids_by_replica()
     return {
         "unfinished_requests": running.num_unfinished_requests(),
-        "loaded_adapter_ids": sorted(await running.loaded_adapter_ids()),
+        "loaded_adapter_ids": sorted(set().union(*replicas)),
+        "replicas": [{"loaded_adapter_ids": sorted(ids)} for ids in replicas],
     }
 
 
