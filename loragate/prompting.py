@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from typing import Any, Protocol, TypedDict
+from importlib import resources
+from typing import Any, NotRequired, Protocol, TypedDict
+
+# For ChatML models whose own template renders no tools (SmolLM2's): hermes' call format.
+CHATML_TOOLS_TEMPLATE = "chatml_tools.jinja"
 
 
 class Message(TypedDict):
     role: str
     content: str
+    # An assistant turn that called tools: [{"id", "type", "function": {"name", "arguments"}}],
+    # the arguments as an object (templates write them with `tojson`).
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    tool_call_id: NotRequired[str]  # a tool turn: the call it answers
 
 
 class TemplateTokenizer(Protocol):
@@ -49,21 +57,49 @@ def template_date() -> str:
     return today().strftime("%d %b %Y")
 
 
+def tool_template(tokenizer: Any) -> str | None:
+    """The template to render tools with: None when the model's own renders them (Llama-3.1's),
+    loragate's ChatML tool template for a ChatML model whose own does not (SmolLM2's)."""
+    own = getattr(tokenizer, "chat_template", None) or ""
+    if not isinstance(own, str) or "tools" in own:
+        return None
+    if "<|im_start|>" in own:
+        return resources.files("loragate.templates").joinpath(CHATML_TOOLS_TEMPLATE).read_text()
+    raise ValueError("this model's chat template cannot render tools")
+
+
 def render_prompt_text(
-    tokenizer: TemplateTokenizer, messages: Sequence[Message], *, add_generation_prompt: bool
+    tokenizer: TemplateTokenizer,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> str:
+    extra: dict[str, Any] = {}
+    if tools:
+        extra["tools"] = list(tools)
+        template = tool_template(tokenizer)
+        if template is not None:
+            extra["chat_template"] = template
     text = tokenizer.apply_chat_template(
         list(messages),
         tokenize=False,
         add_generation_prompt=add_generation_prompt,
         date_string=template_date(),
+        **extra,
     )
     assert isinstance(text, str)
     return text
 
 
 def render_prompt_ids(
-    tokenizer: TemplateTokenizer, messages: Sequence[Message], *, add_generation_prompt: bool = True
+    tokenizer: TemplateTokenizer,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = True,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> list[int]:
-    text = render_prompt_text(tokenizer, messages, add_generation_prompt=add_generation_prompt)
+    text = render_prompt_text(
+        tokenizer, messages, add_generation_prompt=add_generation_prompt, tools=tools
+    )
     return list(tokenizer.encode(text, add_special_tokens=False))

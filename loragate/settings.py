@@ -70,7 +70,7 @@ class EngineSettings(_LoragateSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
         default=None,
         description="Weights and activations dtype. Default: bfloat16 on the CPU; auto on a GPU "
-        "(the model's bf16, or fp16 on GPUs without bf16 such as T4 and V100).",
+        "(the model's bf16, or fp16 on GPUs without it, such as the T4).",
     )
     kv_cache_memory_fraction: float | None = Field(
         default=None,
@@ -263,6 +263,12 @@ class ServerSettings(EngineSettings):
         default=1024,
         ge=1,
         description="Concurrent connections and requests; beyond it new ones get 503.",
+    )
+    tool_call_parser: str = Field(
+        default="auto",
+        description="vLLM's tool parser for tool_choice auto (llama3_json, hermes, mistral...). "
+        "Default: the served model's: llama3_json for Llama-3.1; hermes for ChatML models, "
+        "which get loragate's ChatML tool template when their own renders no tools.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."

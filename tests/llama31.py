@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import functools
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from loragate.engine.fake import FakeEngine
+from loragate.engine.vllm_engine import longest_token_chars
 
 BOS, EOS, START_HEADER, END_HEADER, EOM, EOT, PYTHON_TAG = (
     128000, 128001, 128006, 128007, 128008, 128009, 128010
@@ -208,3 +212,29 @@ def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
+
+
+@functools.cache
+def shared_tokenizer() -> Any:
+    """One tokenizer for a whole test session (it is read-only)."""
+    return load_tokenizer(write_model_dir(Path(tempfile.mkdtemp(prefix="llama-3.1-"))))
+
+
+class Llama31Engine(FakeEngine):
+    """The fake engine with the 8B's tokenizer and config: what the gateway sends it is real."""
+
+    def __init__(self, tokenizer: Any):
+        super().__init__(max_model_len=131072, hf_config=dict(CONFIG_8B))
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return int(CONFIG_8B["vocab_size"])
+
+    @property
+    def max_token_chars(self) -> int:
+        return longest_token_chars(self._tokenizer)

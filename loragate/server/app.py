@@ -41,7 +41,7 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with state_factory(settings) as state:
             app.state.loragate = state
-            logger.info("serving %s", state.catalog.base_name)
+            logger.info("serving %s (tool parser %s)", state.catalog.base_name, state.tool_parser)
             try:
                 yield
             finally:

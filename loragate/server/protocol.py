@@ -33,10 +33,8 @@ MAX_LOGIT_BIAS_ENTRIES = 1024
 # Fields a client relies on, not served yet: a 400 naming them rather than a reply that
 # silently lacks what was asked for. Empty values (`tools: []`, `tool_choice: "none"`) pass.
 REFUSED_FIELDS = {
-    "tools": "Tool calling is not supported yet",
-    "tool_choice": "Tool calling is not supported yet",
-    "functions": "Function calling is not supported yet",
-    "function_call": "Function calling is not supported yet",
+    "functions": "The deprecated functions are not supported: use tools",
+    "function_call": "The deprecated function_call is not supported: use tool_choice",
     "audio": "Audio output is not supported",
     "web_search_options": "Web search is not supported",
     "use_beam_search": "Beam search is not supported",
@@ -87,10 +85,8 @@ class _Request(BaseModel):
     prompt_cache_key: str | None = Field(default=None, description="Ignored.")
     safety_identifier: str | None = Field(default=None, description="Ignored.")
     modalities: list[Literal["text"]] | None = Field(default=None, description="Text only.")
-    # Not served yet (REFUSED_FIELDS): accepted only empty.
-    tools: Nothing | None = Field(default=None, description="Not supported yet: empty only.")
-    tool_choice: Literal["none"] | None = Field(default=None, description="Not supported yet.")
-    functions: Nothing | None = Field(default=None, description="Not supported yet.")
+    # Not served (REFUSED_FIELDS): accepted only empty.
+    functions: Nothing | None = Field(default=None, description="Not supported: use tools.")
     function_call: Literal["none"] | None = Field(default=None, description="Not supported.")
     audio: None = Field(default=None, description="Not supported.")
     web_search_options: None = Field(default=None, description="Not supported.")
@@ -116,21 +112,77 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
-    # Message fields OpenAI's SDK may send that change nothing here (`refusal`, `audio`) are
-    # ignored; tool calls in the history are refused until tool calling lands.
+# OpenAI's rule for function names.
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ToolDefinition(BaseModel):
+    """A function tool: the only kind a model can call through a chat template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str  # JSON, as OpenAI sends it
+
+
+class AssistantToolCall(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class ChatMessage(BaseModel):
+    # Message fields OpenAI's SDK may send that change nothing here (`refusal`, `audio`) are
+    # ignored.
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: str | None = None
     function_call: Any = None
 
     @model_validator(mode="after")
-    def _no_tool_calls(self) -> ChatMessage:
-        if self.tool_calls or self.function_call:
-            raise ValueError("Tool calls in messages are not supported yet")
+    def _tool_fields_in_their_roles(self) -> ChatMessage:
+        if self.function_call:
+            raise ValueError("function_call is deprecated and not supported: use tool_calls")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
         return self
 
     def text(self) -> str:
@@ -139,6 +191,37 @@ class ChatMessage(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+def _refuse(message: str, param: str) -> PydanticCustomError:
+    return PydanticCustomError("invalid_tools", message + " ('{param}')", {"param": param})
+
+
+def check_tools(tools: list[ToolDefinition], choice: ToolChoice | None) -> None:
+    """Each function's parameters a valid JSON schema, names unique, the choice among them."""
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    names: set[str] = set()
+    for i, tool in enumerate(tools):
+        function = tool.function
+        if function.name in names:
+            raise _refuse(f"Two tools are named '{function.name}'", f"tools.{i}.function.name")
+        names.add(function.name)
+        if function.parameters is not None:
+            try:
+                validator_for(function.parameters).check_schema(function.parameters)
+            except SchemaError as exc:
+                where = f"tools.{i}.function.parameters"
+                raise _refuse(f"Not a valid JSON schema: {exc.message}", where) from exc
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        listed = ", ".join(sorted(names)) or "(no tools given)"
+        raise _refuse(
+            f"tool_choice names '{choice.function.name}', which is not in tools ({listed})",
+            "tool_choice",
+        )
+    if choice is not None and choice != "none" and not tools:
+        raise _refuse("tool_choice needs tools", "tool_choice")
 
 
 class StreamOptions(BaseModel):
@@ -253,13 +336,26 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: JsonInt | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    parallel_tool_calls: StrictBool | None = None  # meaningless without tools, which are refused
+    tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
+
+    @model_validator(mode="after")
+    def _tools_consistent(self) -> ChatCompletionRequest:
+        check_tools(self.tools or [], self.tool_choice)
+        return self
+
+    def effective_tool_choice(self) -> ToolChoice:
+        """OpenAI's default: `auto` when tools are given, else `none`."""
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
 
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

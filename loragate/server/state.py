@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from starlette.types import Scope
 from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.targets import SamplingDefaults
 from loragate.engine.protocol import Engine
+from loragate.server.tool_calls import resolve_parser
 from loragate.settings import ServerSettings
 
 T = TypeVar("T")
@@ -37,6 +39,11 @@ class AppState:
     # Template rendering, tokenizing and engine-side checks: off the event loop, so that one
     # long prompt does not stall every open stream.
     preparer: ThreadPoolExecutor = field(default_factory=_preparer)
+
+    @functools.cached_property
+    def tool_parser(self) -> str:
+        """vLLM's tool parser for `auto` tool choice (--tool-call-parser, resolved)."""
+        return resolve_parser(self.settings.tool_call_parser, self.engine.tokenizer)
 
     async def off_loop(self, work: Callable[[], T]) -> T:
         context = contextvars.copy_context()  # the request id for the log lines

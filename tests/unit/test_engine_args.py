@@ -34,6 +34,8 @@ from loragate.engine.vllm_engine import (
 )
 from loragate.settings import LORA_RANKS, RESERVED_CPU_ENV, ServerSettings
 
+pytestmark = pytest.mark.slow  # vLLM's own classes: importing vLLM takes 10 s
+
 GIB = 2**30
 H100 = ("NVIDIA H100 80GB HBM3", 80 * GIB)
 A100 = ("NVIDIA A100-SXM4-80GB", 80 * GIB)
@@ -95,7 +97,7 @@ def test_gpu_defaults_are_vllms_own(monkeypatch: pytest.MonkeyPatch) -> None:
     platform = on_gpu(monkeypatch)
     assert platform == Platform("cuda", False, *H100)
     kwargs = kwargs_for(platform)
-    assert kwargs["dtype"] == "auto"  # fp16 on GPUs without bf16 (T4, V100)
+    assert kwargs["dtype"] == "auto"  # fp16 on GPUs without bf16 (the T4)
     assert "gpu_memory_utilization" not in kwargs and "max_num_seqs" not in kwargs
     assert kwargs["max_model_len"] == -1
     args = build_engine_args(parse(), "/models/llama", "llama", platform)

@@ -21,7 +21,6 @@ from loragate.adapters.errors import AdapterValidationError
 from loragate.adapters.validation import ModelShape, validate_adapter
 from loragate.cli import main
 from loragate.engine.fake import FakeEngine
-from loragate.engine.vllm_engine import longest_token_chars
 from tests import llama31
 from tests.unit.personas_support import peft_key, write_adapter
 
@@ -40,30 +39,10 @@ def tokenizer(model_dir: Path) -> Any:
     return llama31.load_tokenizer(model_dir)
 
 
-class Llama31Engine(FakeEngine):
-    """The fake engine with the 8B's tokenizer and config: what the gateway sends it is real."""
-
-    def __init__(self, tokenizer: Any):
-        super().__init__(max_model_len=131072, hf_config=dict(llama31.CONFIG_8B))
-        self._tokenizer = tokenizer
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return int(llama31.CONFIG_8B["vocab_size"])
-
-    @property
-    def max_token_chars(self) -> int:
-        return longest_token_chars(self._tokenizer)
-
-
 @pytest.fixture
 def fake(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
     monkeypatch.setattr("loragate.prompting.today", lambda: TODAY)
-    return Llama31Engine(tokenizer)
+    return llama31.Llama31Engine(tokenizer)
 
 
 def segments(tokenizer: Any, *parts: str | int) -> list[int]:

@@ -17,14 +17,15 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 @router.post("/v1/chat/completions", response_model=None, responses=GENERATION)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    engine, defaults = app_state(request).engine, app_state(request).model_defaults
+    state = app_state(request)
+    engine, defaults, parser = state.engine, state.model_defaults, state.tool_parser
     request_id = f"chatcmpl-{new_request_id()}"
     usage_mode = UsageMode(body.include_usage(), body.continuous_usage())
     return await respond(
         request,
         body.model,
         stream=body.stream,
-        prepare=lambda target: prepare_chat(engine, target, body, defaults),
+        prepare=lambda target: prepare_chat(engine, target, body, defaults, parser),
         whole=lambda prepared, target: chat_completion(engine, prepared, target.name, request_id),
         chunks=lambda prepared, target: chat_stream(
             engine, prepared, target.name, request_id, usage_mode

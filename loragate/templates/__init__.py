@@ -1,0 +1,1 @@
+"""Chat templates loragate ships (read with importlib.resources)."""
