@@ -155,12 +155,13 @@ class ForcedCalls:
     def parse(self, text: str) -> ParsedOutput:
         if self._named is not None:
             return ParsedOutput(None, [ToolCall(new_call_id(), self._named, text)])
-        try:
-            items = json.loads(text)
-        except ValueError:  # cut short by max_tokens: no call is complete
-            return ParsedOutput(content=text)
-        calls = [ToolCall(new_call_id(), item["name"], _json(item["parameters"])) for item in items]
-        return ParsedOutput(None, calls)
+        # Whole, or cut short by max_tokens: the calls completed before the cut.
+        self._text, self._sent = text, 0
+        calls = [
+            ToolCall(new_call_id(), item["name"], _json(item["parameters"]))
+            for _, item in self._complete_items()
+        ]
+        return ParsedOutput(None if calls else text, calls)
 
     def feed(self, text: str, _: Sequence[int]) -> tuple[str | None, list[ToolCallDelta]]:
         if self._named is not None:

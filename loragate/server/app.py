@@ -14,7 +14,7 @@ from loragate.server.errors import install_error_handlers
 from loragate.server.limits import LEGACY_ROUTES, BodyLimitMiddleware, LegacyPortMiddleware
 from loragate.server.observability import RequestIdMiddleware
 from loragate.server.openapi import EVERY_ROUTE, install_openapi
-from loragate.server.routers import chat, completions, legacy, models, personas, web
+from loragate.server.routers import chat, completions, legacy, models, personas, tokenize, web
 from loragate.server.state import AppState, scope_state
 from loragate.settings import ServerSettings
 
@@ -60,7 +60,8 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
         app.add_middleware(
             LegacyPortMiddleware, legacy_port=settings.legacy_port, routes=LEGACY_ROUTES
         )
-    for router in (chat.router, completions.router, models.router, legacy.router, web.router):
+    routers = (chat, completions, models, legacy, web, tokenize)
+    for router in (module.router for module in routers):
         app.include_router(router, responses=EVERY_ROUTE)
     app.include_router(personas.router, responses=EVERY_ROUTE)
     return app

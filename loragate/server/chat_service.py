@@ -84,8 +84,12 @@ def _arguments(text: str) -> Any:
 
 
 def conversation(request: ChatCompletionRequest, target: ModelTarget) -> list[Message]:
-    """The request's messages; the persona's system prompt leads only when the request has none."""
-    messages = [_message(m) for m in request.messages]
+    return conversation_of(request.messages, target)
+
+
+def conversation_of(given: list[ChatMessage], target: ModelTarget) -> list[Message]:
+    """The messages; the persona's system prompt leads only when they have none."""
+    messages = [_message(m) for m in given]
     has_system = any(m["role"] == "system" for m in messages)
     if target.system_prompt and not has_system:
         messages.insert(0, {"role": "system", "content": target.system_prompt})

@@ -412,3 +412,31 @@ class LegacyPromptRequest(BaseModel):
     top_p: Probability | None = None
     model: str | None = None
     persona: str | None = None
+
+
+class TokenizeRequest(_Request):
+    """vLLM's /tokenize: a text, or a conversation rendered with the chosen persona's template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None = None
+    add_generation_prompt: StrictBool = True
+    # vLLM's default: BOS for a text; none for a conversation, whose template writes its own.
+    add_special_tokens: StrictBool | None = None
+    return_token_strs: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise PydanticCustomError(
+                "tokenize_input", "Give exactly one of prompt or messages ('{param}')",
+                {"param": "prompt"},
+            )  # fmt: skip
+        check_tools(self.tools or [], None)
+        return self
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[TokenId]
