@@ -11,3 +11,10 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "loragate"
+
+
+def default_state_dir() -> Path:
+    """Durable state (stored responses...): $XDG_STATE_HOME/loragate, else ~/.local/state."""
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state"
+    return base / "loragate"

@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from loragate.paths import default_state_dir
+
 LEGACY_SYSTEM_PROMPT = "You are a helpful assistant."
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 # Up to this many cores, the engine computes on all of them. Measured on 2 cores (`make
@@ -263,6 +265,11 @@ class ServerSettings(EngineSettings):
         default=1024,
         ge=1,
         description="Concurrent connections and requests; beyond it new ones get 503.",
+    )
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Directory of all durable state (the stored responses of /v1/responses, in "
+        "SQLite). Default: $XDG_STATE_HOME/loragate, else ~/.local/state/loragate.",
     )
     tool_call_parser: str = Field(
         default="auto",

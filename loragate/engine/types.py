@@ -40,6 +40,8 @@ class SamplingOptions:
     regex: str | None = None
     choice: tuple[str, ...] | None = None
     grammar: str | None = None
+    # JSON without free whitespace: a small model given the freedom may write newlines forever.
+    compact_json: bool = False
 
 
 @dataclass(frozen=True)

@@ -245,7 +245,9 @@ def _structured_outputs(options: SamplingOptions) -> Any:
         "grammar": options.grammar,
     }
     given = {key: value for key, value in constraints.items() if value is not None}
-    return StructuredOutputsParams(**given) if given else None
+    if not given:
+        return None
+    return StructuredOutputsParams(**given, disable_any_whitespace=options.compact_json)
 
 
 def _sampling_params(options: SamplingOptions, vocab_size: int) -> Any:

@@ -14,7 +14,16 @@ from loragate.server.errors import install_error_handlers
 from loragate.server.limits import LEGACY_ROUTES, BodyLimitMiddleware, LegacyPortMiddleware
 from loragate.server.observability import RequestIdMiddleware
 from loragate.server.openapi import EVERY_ROUTE, install_openapi
-from loragate.server.routers import chat, completions, legacy, models, personas, tokenize, web
+from loragate.server.routers import (
+    chat,
+    completions,
+    legacy,
+    models,
+    personas,
+    responses,
+    tokenize,
+    web,
+)
 from loragate.server.state import AppState, scope_state
 from loragate.settings import ServerSettings
 
@@ -46,6 +55,8 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
                 yield
             finally:
                 state.preparer.shutdown(wait=False, cancel_futures=True)
+                if "responses" in vars(state):  # opened on first use
+                    state.responses.close()
 
     app = Gateway(title="loragate", version=loragate.__version__, lifespan=lifespan)
     install_error_handlers(app)
@@ -60,7 +71,7 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
         app.add_middleware(
             LegacyPortMiddleware, legacy_port=settings.legacy_port, routes=LEGACY_ROUTES
         )
-    routers = (chat, completions, models, legacy, web, tokenize)
+    routers = (chat, completions, responses, models, legacy, web, tokenize)
     for router in (module.router for module in routers):
         app.include_router(router, responses=EVERY_ROUTE)
     app.include_router(personas.router, responses=EVERY_ROUTE)

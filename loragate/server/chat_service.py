@@ -122,7 +122,9 @@ def prepare_chat(
     options = sampling_options(request, defaults, max_tokens=budget, logprobs=top)
     forced = plan.forced_schema() if plan else None
     if forced is not None:
-        options = dataclasses.replace(options, json_schema=forced, json_object=False)
+        options = dataclasses.replace(
+            options, json_schema=forced, json_object=False, compact_json=True
+        )
     return PreparedChat(prepare(engine, prompt_ids, options, target.adapter), plan)
 
 

@@ -38,9 +38,11 @@ async def respond(
     prepare: Callable[[ModelTarget], P],
     whole: Callable[[P, ModelTarget], Awaitable[BaseModel]],
     chunks: Callable[[P, ModelTarget], AsyncIterator[BaseModel]],
+    encode: Callable[[AsyncIterator[BaseModel]], AsyncIterator[str]] = sse_events,
 ) -> Response:
     """Lease the model, prepare the request (errors are plain HTTP errors), then answer it whole
-    or as SSE; the lease lasts until the last byte, and a departed client cancels the work."""
+    or as SSE (`encode` writes the events: OpenAI's chat chunks by default); the lease lasts
+    until the last byte, and a departed client cancels the work."""
     target, lease = await open_lease(request, model)
     try:
         prepared = await app_state(request).off_loop(lambda: prepare(target))
@@ -48,7 +50,7 @@ async def respond(
         await lease.aclose()
         raise
     if stream:
-        return EventStreamResponse(released_after(sse_events(chunks(prepared, target)), lease))
+        return EventStreamResponse(released_after(encode(chunks(prepared, target)), lease))
     async with lease:
         result = await until_disconnect(request, whole(prepared, target))
     return JSONResponse(result.model_dump(mode="json", exclude_unset=True))

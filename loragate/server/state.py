@@ -17,6 +17,7 @@ from starlette.types import Scope
 from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.targets import SamplingDefaults
 from loragate.engine.protocol import Engine
+from loragate.server.responses_store import ResponseStore
 from loragate.server.tool_calls import resolve_parser
 from loragate.settings import ServerSettings
 
@@ -39,6 +40,11 @@ class AppState:
     # Template rendering, tokenizing and engine-side checks: off the event loop, so that one
     # long prompt does not stall every open stream.
     preparer: ThreadPoolExecutor = field(default_factory=_preparer)
+
+    @functools.cached_property
+    def responses(self) -> ResponseStore:
+        """The stored responses of /v1/responses, in --state-dir."""
+        return ResponseStore(self.settings.state_dir)
 
     @functools.cached_property
     def tool_parser(self) -> str:
