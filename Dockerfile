@@ -1,7 +1,7 @@
 # loragate on vLLM for the CPU, with the embedded default model converted at build time.
 #   docker build -t loragate .
 #   docker run -p 8000:8000 -p 6006:6006 loragate
-# For a GPU image, install the `gpu` extra on a CUDA base image instead and pass --model.
+# For NVIDIA GPUs and Llama-3.1-8B-Instruct, see Dockerfile.gpu.
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 \
