@@ -2,10 +2,15 @@
 
 Tests that need their own server flags start another with `running_gateway`; keep those few,
 since each start costs about 30 s of CPU.
+
+With LORAGATE_MODEL set (scripts/gpu_check.sh sets Llama-3.1-8B-Instruct's directory), every
+gateway serves that model instead, as `loragate serve` reads it, and the tests follow: the base
+model's name below and the adapters' shape (lora_factory.py) are that model's.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +19,11 @@ import pytest
 
 from tests.integration.gateway import Gateway, running_gateway
 
-BASE_MODEL = "SmolLM2-135M-Instruct"
+_MODEL = os.environ.get("LORAGATE_MODEL")
+# Named as `loragate serve` names it: LORAGATE_SERVED_MODEL_NAME, else the directory's name.
+BASE_MODEL = os.environ.get("LORAGATE_SERVED_MODEL_NAME") or (
+    Path(_MODEL.rstrip("/")).name if _MODEL else "SmolLM2-135M-Instruct"
+)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ about 0.02 nudges the text, 1.0 turns it into unmistakable gibberish.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 from loragate.adapters.manifest import LORA_TARGET_MODULES
@@ -15,6 +16,9 @@ from loragate.adapters.manifest import LORA_TARGET_MODULES
 
 @functools.cache
 def _base_model_dir() -> Path:
+    # The model the gateways serve when LORAGATE_MODEL names one (as in conftest.py).
+    if model := os.environ.get("LORAGATE_MODEL"):
+        return Path(model)
     from loragate.default_model import ensure_default_model
 
     return ensure_default_model()
