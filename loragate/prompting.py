@@ -74,11 +74,15 @@ def render_prompt_text(
     *,
     add_generation_prompt: bool,
     tools: Sequence[dict[str, Any]] | None = None,
+    chat_template: str | None = None,
 ) -> str:
+    """`chat_template`: a persona's own, in place of the model's (for tools too)."""
     extra: dict[str, Any] = {}
+    if chat_template is not None:
+        extra["chat_template"] = chat_template
     if tools:
         extra["tools"] = list(tools)
-        template = tool_template(tokenizer)
+        template = None if chat_template is not None else tool_template(tokenizer)
         if template is not None:
             extra["chat_template"] = template
     text = tokenizer.apply_chat_template(
@@ -98,8 +102,13 @@ def render_prompt_ids(
     *,
     add_generation_prompt: bool = True,
     tools: Sequence[dict[str, Any]] | None = None,
+    chat_template: str | None = None,
 ) -> list[int]:
     text = render_prompt_text(
-        tokenizer, messages, add_generation_prompt=add_generation_prompt, tools=tools
+        tokenizer,
+        messages,
+        add_generation_prompt=add_generation_prompt,
+        tools=tools,
+        chat_template=chat_template,
     )
     return list(tokenizer.encode(text, add_special_tokens=False))

@@ -72,6 +72,10 @@ class PersonaManifest(BaseModel):
     adapter: str = "adapter"
     system_prompt: str | None = None
     defaults: SamplingDefaultsSpec = Field(default_factory=SamplingDefaultsSpec)
+    # A Jinja chat template file in the bundle: the persona's requests render with it (tools
+    # too) in place of the model's own, and `loragate train --chat-template` trained with it.
+    chat_template: str | None = None
+    tool_parser: str | None = None  # vLLM's tool parser for its `auto` calls
     training: dict[str, Any] = Field(default_factory=dict)
 
 

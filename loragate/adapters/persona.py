@@ -13,13 +13,26 @@ from loragate.adapters.confinement import AdapterRoots
 from loragate.adapters.errors import AdapterValidationError, InvalidPersonaNameError
 from loragate.adapters.manifest import MANIFEST_NAME, ManifestError, read_bundle
 from loragate.adapters.targets import ModelTarget, SamplingDefaults
-from loragate.adapters.untrusted import excerpt
+from loragate.adapters.untrusted import UntrustedFileError, excerpt, read_capped
 from loragate.adapters.validation import ModelShape, validate_adapter
+from loragate.engine.tool_parsers import parser_names
 from loragate.engine.types import AdapterRef
 from loragate.wire import PersonaInfo, PersonaState
 
 PersonaSource = Literal["dir", "cli", "api"]
 PERSONA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _checked_parser(name: str | None) -> str | None:
+    if name is None:
+        return None
+    known = parser_names()
+    if name not in known:
+        listed = ", ".join(known)
+        raise AdapterValidationError(
+            f"The manifest's tool_parser '{excerpt(name)}' is not one of vLLM's: {listed}."
+        )
+    return name
 
 
 def check_persona_name(name: str, base_name: str) -> None:
@@ -45,6 +58,8 @@ class Persona:
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     rank: int | None = None
     size_bytes: int | None = None
+    chat_template: str | None = None
+    tool_parser: str | None = None
     warnings: tuple[str, ...] = ()
     state: PersonaState = "registered"
     error: str | None = None
@@ -95,6 +110,8 @@ class Persona:
             adapter=self.adapter,
             system_prompt=self.system_prompt,
             defaults=self.defaults,
+            chat_template=self.chat_template,
+            tool_parser=self.tool_parser,
         )
 
     def check_out(self) -> None:
@@ -183,8 +200,24 @@ class PersonaReader:
             defaults=SamplingDefaults.from_mapping(manifest.defaults.model_dump()),
             rank=report.rank,
             size_bytes=report.size_bytes,
+            chat_template=self._template(bundle_dir, manifest.chat_template),
+            tool_parser=_checked_parser(manifest.tool_parser),
             warnings=tuple(warnings),
         )
+
+    def _template(self, bundle_dir: Path, name: str | None) -> str | None:
+        if name is None:
+            return None
+        path = self.roots.confine_file(bundle_dir / name, param="path")
+        what = f"The chat template '{excerpt(name)}'"
+        if not path.is_relative_to(bundle_dir):
+            raise AdapterValidationError(f"{what} must be a file inside the bundle.")
+        try:
+            return read_capped(path).decode("utf-8")
+        except UntrustedFileError as exc:
+            raise AdapterValidationError(f"{what} {exc}.") from exc
+        except UnicodeDecodeError as exc:
+            raise AdapterValidationError(f"{what} is not UTF-8 text.") from exc
 
     def failed(self, name: str, path: Path, source: PersonaSource, error: str) -> Persona:
         """A persona whose bundle was refused: listed with its error, never served."""

@@ -45,6 +45,8 @@ class ModelTarget:
     adapter: AdapterRef | None = None
     system_prompt: str | None = None
     defaults: SamplingDefaults = SamplingDefaults()
+    chat_template: str | None = None  # the persona's own, in place of the model's
+    tool_parser: str | None = None
 
 
 def base_model_card(name: str, root: str, max_model_len: int, created: int) -> Model:

@@ -82,8 +82,12 @@ def forced_call_schema(
     request = _vllm_request(tools, tool_choice)
     schema = get_json_schema_from_tools(request.tool_choice, request.tools, parallel)
     if isinstance(schema, str):
-        parsed: dict[str, Any] = json.loads(schema)
-        return parsed
+        schema = json.loads(schema)
+    if schema is None or schema.get("type") != "array":
+        return schema
+    # vLLM's array leaves each call object open: a small model then adds keys until max_tokens.
+    for branch in schema.get("items", {}).get("anyOf", []):
+        branch.setdefault("additionalProperties", False)
     return schema
 
 

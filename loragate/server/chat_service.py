@@ -105,10 +105,13 @@ def prepare_chat(
 ) -> PreparedChat:
     messages = conversation(request, target)
     check_messages_fit(engine, messages, "messages")
-    plan = tool_plan(request, tool_parser)
+    plan = tool_plan(request, target.tool_parser or tool_parser)
     try:
         prompt_ids = render_prompt_ids(
-            engine.tokenizer, messages, tools=plan.tools if plan else None
+            engine.tokenizer,
+            messages,
+            tools=plan.tools if plan else None,
+            chat_template=target.chat_template,
         )
     except ValueError as exc:  # a template that cannot render tools
         raise BadRequestError(

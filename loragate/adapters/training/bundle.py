@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from loragate.adapters.manifest import ManifestError, PersonaManifest, read_bund
 from loragate.wire import error_message_in
 
 ADAPTER_SUBDIR = "adapter"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 class RegistrationError(RuntimeError):
@@ -30,7 +31,10 @@ def next_version(bundle_dir: Path) -> str:
 
 
 def publish_bundle(
-    bundle_dir: Path, manifest: PersonaManifest, save_adapter: Callable[[Path], None]
+    bundle_dir: Path,
+    manifest: PersonaManifest,
+    save_adapter: Callable[[Path], None],
+    files: Mapping[str, str | None] | None = None,
 ) -> Path:
     """Write the bundle beside its destination, then swap it in with renames.
 
@@ -43,6 +47,9 @@ def publish_bundle(
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is as readable as any directory
     try:
         save_adapter(staging / ADAPTER_SUBDIR)
+        for name, text in (files or {}).items():  # beside the manifest (a chat template...)
+            if text is not None:
+                (staging / name).write_text(text)
         write_manifest(staging, manifest.model_copy(update={"adapter": ADAPTER_SUBDIR}))
         read_bundle(staging)  # what the gateway will read must read back
         _swap_in(staging, bundle_dir)

@@ -42,6 +42,11 @@ class TrainSettings(BaseSettings):
         description="The persona's system prompt: trained with, and served with by the gateway.",
     )
     description: str = Field(default="", description="The persona's description.")
+    chat_template: Path | None = Field(
+        default=None,
+        description="A Jinja chat template to train with instead of the model's own: the bundle "
+        "carries it, and the gateway serves the persona with it.",
+    )
     version: str | None = Field(
         default=None,
         description="Bundle version. Default: one more than the bundle at --output, else 1.",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loragate.adapters.manifest import PersonaManifest
-from loragate.adapters.training.bundle import next_version, publish_bundle
+from loragate.adapters.training.bundle import CHAT_TEMPLATE_FILE, next_version, publish_bundle
 from loragate.adapters.training.dataset import LoadedDataset, load_dataset
 from loragate.adapters.training.formatting import TrainingExample, end_of_turn_ids, format_example
 from loragate.adapters.training.recipe import TrainSettings
@@ -176,6 +176,9 @@ def train_persona(settings: TrainSettings) -> TrainResult:
 
     model_path, base_name = resolve_base_model(settings.base_model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    template = settings.chat_template.read_text() if settings.chat_template else None
+    if template is not None:  # rendered as the gateway will: loragate.prompting, this template
+        tokenizer.chat_template = template
     if tokenizer.pad_token is None:  # Llama-3.1 has none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     examples = build_examples(tokenizer, data, settings)
@@ -206,9 +209,12 @@ def train_persona(settings: TrainSettings) -> TrainResult:
         description=settings.description,
         base_model=base_name,
         system_prompt=settings.system_prompt,
+        chat_template=CHAT_TEMPLATE_FILE if template is not None else None,
         training=training,
     )
-    bundle = publish_bundle(settings.bundle_dir, manifest, model.save_pretrained)
+    bundle = publish_bundle(
+        settings.bundle_dir, manifest, model.save_pretrained, {CHAT_TEMPLATE_FILE: template}
+    )
     return TrainResult(bundle, manifest)
 
 

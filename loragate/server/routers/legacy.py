@@ -66,7 +66,7 @@ def _prepare(state: AppState, target: ModelTarget, body: LegacyPromptRequest) ->
     messages.append({"role": "user", "content": body.prompt})
     engine = state.engine
     check_messages_fit(engine, messages, "prompt")
-    ids = render_prompt_ids(engine.tokenizer, messages)
+    ids = render_prompt_ids(engine.tokenizer, messages, chat_template=target.chat_template)
     defaults = target.defaults.over(state.model_defaults)
     fallback = defaults.max_tokens or state.settings.legacy_max_new_tokens
     budget = completion_budget(body.max_new_tokens, fallback, len(ids), engine.max_model_len)

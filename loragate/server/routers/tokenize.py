@@ -38,7 +38,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
             try:
                 ids = render_prompt_ids(
                     tokenizer, messages, add_generation_prompt=body.add_generation_prompt,
-                    tools=tools,
+                    tools=tools, chat_template=target.chat_template,
                 )  # fmt: skip
             except ValueError as exc:
                 raise BadRequestError(f"Tools cannot be offered: {exc}", param="tools") from exc
