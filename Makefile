@@ -1,5 +1,5 @@
 # The two commands of the README: `make serve` and `make test`.
-.PHONY: serve test setup setup-test lint typecheck unit integration persona-demo bench bench-quick bench-tools
+.PHONY: serve test setup setup-test lint typecheck unit unit-all integration persona-demo bench bench-quick bench-tools
 
 serve: setup
 	.venv/bin/loragate serve $(ARGS)
@@ -21,7 +21,12 @@ lint:
 typecheck:
 	.venv/bin/mypy
 
+# The fast layer, in seconds: the tests marked `slow` (a venv build, a subprocess per hub, torch
+# or vLLM imports, schemathesis' fuzzing) run in `make test` and `make unit-all`.
 unit:
+	.venv/bin/pytest tests/unit -m "not slow" $(ARGS)
+
+unit-all:
 	.venv/bin/pytest tests/unit $(ARGS)
 
 integration:

@@ -14,7 +14,7 @@ import time
 from contextlib import suppress
 from importlib.metadata import PackageNotFoundError, entry_points, version
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the bench extra
+import psutil
 
 QUIET_CORES = 0.1  # others may use this much CPU (in cores) for the machine to count as quiet
 DISTURBED_CORES = 0.25  # a level during which others used more than this is run again

@@ -136,7 +136,7 @@ def stall_engine(tokenizer: Any, chunks: int, chunk_delay: float) -> Any:
     fake: Any = _first_module("loragate.engine.fake", "loragate.server.engine.fake")
     longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
 
-    class StallEngine(fake.FakeEngine):  # type: ignore[misc]
+    class StallEngine(fake.FakeEngine):  # type: ignore[misc]  # the base is found at run time
         """FakeEngine with the real tokenizer and paced streams (a sleep after each chunk)."""
 
         def __init__(self) -> None:

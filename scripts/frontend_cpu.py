@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import openai
-import psutil  # type: ignore[import-untyped]  # no stubs in the bench extra
+import psutil
 from openai.types.chat import ChatCompletionMessageParam
 
 REQUESTS, CONCURRENCY, TOKENS = 64, 16, 128

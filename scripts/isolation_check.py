@@ -100,10 +100,11 @@ async def bench(requests: int, max_tokens: int) -> None:
     try:
         ids = _prompt_ids(llm)
         await _generate(llm, ids, lora, 8, True)  # warm-up: load the adapter
-        for label, targets in [
+        plans: list[tuple[str, list[Any]]] = [
             ("one adapter", [lora] * requests),
             ("half base, half adapter", [None, lora] * (requests // 2)),
-        ]:
+        ]
+        for label, targets in plans:
             start = time.perf_counter()
             outs = await asyncio.gather(
                 *(_generate(llm, ids, t, max_tokens, True) for t in targets)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 QUESTION = "你是谁？"  # noqa: RUF001 (full-width, as in the data set)
 NAME = "甄嬛"
@@ -48,12 +49,12 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 
 
 
 def ask(client: openai.OpenAI, model: str, system: str | None = None) -> str:
-    messages = [{"role": "user", "content": QUESTION}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
     if system:
         messages.insert(0, {"role": "system", "content": system})
     reply = client.chat.completions.create(
         model=model,
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,
         temperature=0,
         max_tokens=64,
     )

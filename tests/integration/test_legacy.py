@@ -13,8 +13,8 @@ from tests.integration.gateway import Gateway
 TIME_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 
 
-def post(gateway: Gateway, body: object, **kwargs: object) -> httpx.Response:
-    return httpx.post(gateway.legacy_url, json=body, timeout=300, **kwargs)  # type: ignore[arg-type]
+def post(gateway: Gateway, body: object) -> httpx.Response:
+    return httpx.post(gateway.legacy_url, json=body, timeout=300)
 
 
 def test_tutorial_requests_client_with_its_content_type_typo(gateway: Gateway) -> None:

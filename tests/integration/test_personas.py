@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from loragate.adapters.manifest import PersonaManifest, SamplingDefaultsSpec, write_manifest
 from tests.integration.conftest import BASE_MODEL
@@ -137,19 +138,20 @@ def pirate(api: PersonaApi, adapters: dict[str, Path], workspace: Path) -> Itera
     api.delete("t3-pirate")
 
 
-USER = [{"role": "user", "content": "Tell me about the sea."}]
+SEA = "Tell me about the sea."
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": SEA}]
 
 
 @pytest.mark.usefixtures("pirate", "registered")
 def test_system_prompt_and_defaults_apply_where_the_request_is_silent(
     client: openai.OpenAI,
 ) -> None:
-    silent = client.chat.completions.create(model="t3-pirate", messages=USER)  # type: ignore[arg-type]
+    silent = client.chat.completions.create(model="t3-pirate", messages=USER)
     assert silent.model == "t3-pirate"
     assert silent.usage is not None and silent.usage.completion_tokens == 6  # default max_tokens
     explicit = client.chat.completions.create(
         model="t3-pirate@7",
-        messages=[{"role": "system", "content": PIRATE}, *USER],  # type: ignore[list-item]
+        messages=[{"role": "system", "content": PIRATE}, *USER],
         temperature=0,
         max_tokens=6,
     )
@@ -160,16 +162,19 @@ def test_system_prompt_and_defaults_apply_where_the_request_is_silent(
 
 @pytest.mark.usefixtures("pirate", "registered")
 def test_the_requests_own_system_message_and_fields_win(client: openai.OpenAI) -> None:
-    own = [{"role": "system", "content": "You are a librarian."}, *USER]
+    own: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "You are a librarian."},
+        *USER,
+    ]
     as_pirate = client.chat.completions.create(
         model="t3-pirate",
-        messages=own,  # type: ignore[arg-type]
+        messages=own,
         max_tokens=4,
     )
     # Same adapter, no persona prompt: the same prompt tokens and the same greedy reply.
     as_alpha = client.chat.completions.create(
         model="t3-alpha",
-        messages=own,  # type: ignore[arg-type]
+        messages=own,
         max_tokens=4,
         temperature=0,
     )
@@ -182,15 +187,15 @@ def test_the_requests_own_system_message_and_fields_win(client: openai.OpenAI) -
 @pytest.mark.usefixtures("pirate")
 def test_a_version_that_is_not_current_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
-        client.chat.completions.create(model="t3-pirate@6", messages=USER)  # type: ignore[arg-type]
+        client.chat.completions.create(model="t3-pirate@6", messages=USER)
     assert "t3-pirate@7" in err.value.message
 
 
 @pytest.mark.usefixtures("pirate")
 def test_legacy_endpoint_answers_as_the_persona(gateway: Gateway, client: openai.OpenAI) -> None:
-    chat = client.chat.completions.create(model="t3-pirate", messages=USER)  # type: ignore[arg-type]
+    chat = client.chat.completions.create(model="t3-pirate", messages=USER)
     for field in ("model", "persona"):
-        body = {"prompt": USER[0]["content"], field: "t3-pirate"}
+        body = {"prompt": SEA, field: "t3-pirate"}
         legacy = httpx.post(gateway.legacy_url, json=body, timeout=300)
         assert legacy.status_code == 200
         assert legacy.json()["response"] == chat.choices[0].message.content
@@ -212,7 +217,7 @@ def test_unknown_persona_is_404_listing_the_valid_ones(
     client: openai.OpenAI, api: PersonaApi
 ) -> None:
     with pytest.raises(openai.NotFoundError) as err:
-        client.chat.completions.create(model="t3-nobody", messages=USER)  # type: ignore[arg-type]
+        client.chat.completions.create(model="t3-nobody", messages=USER)
     assert all(name in err.value.message for name in (BASE_MODEL, *NAMES))
     response = api.get("t3-nobody")
     assert response.status_code == 404
@@ -349,7 +354,7 @@ async def test_load_swap_and_unload_under_steady_traffic_lose_no_request(
                 client.chat.completions.create(
                     model="t3-swap",
                     messages=PROMPT,
-                    max_tokens=48,  # type: ignore[arg-type]
+                    max_tokens=48,
                 )
             )
             for _ in range(2)

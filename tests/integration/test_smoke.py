@@ -5,22 +5,25 @@ from __future__ import annotations
 import subprocess
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.conftest import BASE_MODEL
 from tests.integration.gateway import Gateway
 
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+FRANCE: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France?"}
+]
 
 
 def test_paris_not_streamed(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model=BASE_MODEL, messages=FRANCE, temperature=0)  # type: ignore[arg-type]
+    reply = client.chat.completions.create(model=BASE_MODEL, messages=FRANCE, temperature=0)
     assert "Paris" in (reply.choices[0].message.content or "")
 
 
 def test_paris_streamed(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model=BASE_MODEL,
-        messages=FRANCE,  # type: ignore[arg-type]
+        messages=FRANCE,
         temperature=0,
         stream=True,
     )

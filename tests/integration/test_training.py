@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from loragate.adapters.manifest import read_bundle
 from tests.integration.conftest import BASE_MODEL
@@ -49,12 +50,12 @@ def train(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def greedy_reply(client: openai.OpenAI, model: str, *, with_system: bool) -> str:
-    messages = [{"role": "user", "content": "你是谁？"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "你是谁？"}]
     if with_system:
         messages.insert(0, {"role": "system", "content": SYSTEM})
     reply = client.chat.completions.create(
         model=model,
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,
         temperature=0,
         max_tokens=24,
     )

@@ -198,7 +198,7 @@ def test_errors_are_shown(page: Page, gateway: Gateway, workspace: Path) -> None
     send(page, "Hello?")
     error = page.locator(".note.error").last
     error.wait_for(timeout=30_000)
-    assert "Invalid value for 'temperature'" in error.text_content()
+    assert "Invalid value for 'temperature'" in (error.text_content() or "")
     assert page.locator(".msg.user.failed").count() == 1
     shot(page, "05-error-out-of-range")
 
@@ -212,7 +212,7 @@ def test_errors_are_shown(page: Page, gateway: Gateway, workspace: Path) -> None
     delete_persona(gateway, doomed)
     send(page, "Are you there?")
     page.locator(".note.error", has_text=doomed).wait_for(timeout=30_000)
-    assert "does not exist" in page.locator(".note.error").last.text_content()
+    assert "does not exist" in (page.locator(".note.error").last.text_content() or "")
     # The page refreshes its persona list after that error.
     page.wait_for_selector(f'#persona option[value="{doomed}"]', state="detached")
     switched = page.locator(".note.info").last.text_content()
@@ -254,7 +254,8 @@ def test_phone_sized_screen(browser: Browser, gateway: Gateway) -> None:
         phone.wait_for_selector(finished, timeout=REPLY_TIMEOUT_MS)
         width = phone.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, "the page scrolls sideways on a phone"
-        assert phone.locator("#composer").bounding_box()["y"] > 700  # type: ignore[index]
+        composer = phone.locator("#composer").bounding_box()
+        assert composer is not None and composer["y"] > 700
         shot(phone, "08-phone-chat")
         phone.click("#toggle-settings")
         assert phone.is_visible("#settings") and phone.is_visible("#backdrop")

@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import ast
+import asyncio
+import re
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.validation import ModelShape
-from loragate.engine.fake import FakeEngine
-from loragate.server.app import create_app
+from loragate.engine.fake import FakeEngine, Hold
+from loragate.server.app import StateFactory, create_app
 from loragate.server.state import AppState
 from loragate.settings import ServerSettings
+
+# `make unit` deselects the slow tests; a module slow as a whole (its `pytestmark` says so, as a
+# module that needs torch or vLLM does) is then not even imported, which alone takes seconds.
+FAST_ONLY = "not slow"
+_SLOW_MARK = re.compile(r"\bpytest\.mark\.slow\b")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    test_module = collection_path.name.startswith("test_") and collection_path.suffix == ".py"
+    if config.getoption("markexpr") != FAST_ONLY or not test_module:
+        return None
+    return _marked_slow_as_a_whole(collection_path) or None
+
+
+def _marked_slow_as_a_whole(module: Path) -> bool:
+    """Read, not imported: whether the module-level `pytestmark` includes `pytest.mark.slow`."""
+    for node in ast.parse(module.read_bytes()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "pytestmark" for target in node.targets
+        ):
+            return bool(_SLOW_MARK.search(ast.unparse(node.value)))
+    return False
+
 
 BASE = "fake-base"
 # No persona is registered on this app; the shape only has to exist.
@@ -28,7 +62,19 @@ FAKE_SHAPE = ModelShape(
 )
 
 
-def fake_state_factory(engine: FakeEngine) -> Callable[[ServerSettings], object]:
+def server_settings(**overrides: Any) -> ServerSettings:
+    """The defaults and `overrides` only: no `.env` file of the developer's."""
+    # `_env_file` is an argument of pydantic-settings' __init__, not a field: mypy, which reads
+    # the signature from the fields (dataclass_transform), does not know it.
+    return ServerSettings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+def fake_openapi() -> dict[str, Any]:
+    """The app's OpenAPI schema (the same whatever engine and catalog it is given)."""
+    return create_app(server_settings(), fake_state_factory(FakeEngine())).openapi()
+
+
+def fake_state_factory(engine: FakeEngine) -> StateFactory:
     @asynccontextmanager
     async def factory(settings: ServerSettings) -> AsyncIterator[AppState]:
         registry = PersonaRegistry(settings, engine, BASE, "/models/fake", shape=FAKE_SHAPE)
@@ -44,12 +90,12 @@ def fake() -> FakeEngine:
 
 @pytest.fixture
 def settings() -> ServerSettings:
-    return ServerSettings(_env_file=None)  # type: ignore[call-arg]
+    return server_settings()
 
 
 @pytest.fixture
 def client(fake: FakeEngine, settings: ServerSettings) -> Iterator[TestClient]:
-    app = create_app(settings, fake_state_factory(fake))  # type: ignore[arg-type]
+    app = create_app(settings, fake_state_factory(fake))
     with TestClient(app) as test_client:
         yield test_client
 
@@ -59,3 +105,67 @@ def sdk(client: TestClient) -> openai.OpenAI:
     return openai.OpenAI(
         base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0
     )
+
+
+@dataclass
+class LiveFake:
+    """The app over a FakeEngine, served by uvicorn on a real port (a client can hang up)."""
+
+    origin: str
+    fake: FakeEngine
+    loop: asyncio.AbstractEventLoop | None = None  # the server's, once it has started
+
+    @property
+    def chat_url(self) -> str:
+        return f"{self.origin}/v1/chat/completions"
+
+    def release(self, hold: Hold) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(hold.released.set)
+
+
+def with_asgi_spec(app: ASGIApp, spec_version: str) -> ASGIApp:
+    """`app` as a server of that ASGI spec version would call it (uvicorn says 2.3)."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": spec_version}}
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+@pytest.fixture
+def live_fake(request: pytest.FixtureRequest) -> Iterator[LiveFake]:
+    """Served in a thread with its own event loop, as `loragate serve` serves it. Indirect
+    parametrization (`"2.4"`) makes it report another ASGI spec version than uvicorn's."""
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    live = LiveFake(f"http://127.0.0.1:{listening.getsockname()[1]}", FakeEngine())
+    fake_factory = fake_state_factory(live.fake)
+
+    @asynccontextmanager
+    async def factory(settings: ServerSettings) -> AsyncIterator[AppState]:
+        live.loop = asyncio.get_running_loop()
+        async with fake_factory(settings) as state:
+            yield state
+
+    settings = ServerSettings.model_construct(log_level="warning")
+    app: ASGIApp = create_app(settings, factory)
+    if spec_version := getattr(request, "param", None):
+        app = with_asgi_spec(app, spec_version)
+    # A request still held in the engine when the test ends is cancelled after a second.
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield live
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listening.close()

@@ -2,6 +2,10 @@
 
 The adapters are real files in peft's layout (adapter_config.json and a valid safetensors file
 of zeros), sized for TINY_MODEL, so that validation reads them exactly as it reads peft's.
+
+The persona app's fixtures (`root`, `engine`, `client`) are the HTTP tests' own: a module takes
+them by name (`client = personas_support.client`), since the unit conftest's `client` is the
+plain fake-engine app's.
 """
 
 from __future__ import annotations
@@ -9,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
 
 from loragate.adapters.manifest import (
     LORA_TARGET_MODULES,
@@ -24,8 +31,10 @@ from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.sources import personas_running
 from loragate.engine.fake import FakeEngine
 from loragate.engine.types import AdapterRef
+from loragate.server.app import StateFactory, create_app
 from loragate.server.state import AppState
 from loragate.settings import ServerSettings
+from tests.unit.conftest import server_settings
 
 BASE = "tiny-base"
 LAYERS = 2
@@ -154,7 +163,7 @@ class CountingEngine(FakeEngine):
     """A fake whose adapter loads take a moment and are counted, and may be refused."""
 
     def __init__(self, load_delay: float = 0.02, **kwargs: Any):
-        super().__init__(**kwargs)
+        super().__init__(**{"hf_config": dict(TINY_MODEL), **kwargs})  # the engine's config
         self.load_delay = load_delay
         self.add_calls: list[int] = []
         self.remove_calls: list[int] = []
@@ -174,14 +183,14 @@ class CountingEngine(FakeEngine):
 
 def make_settings(root: Path, **overrides: Any) -> ServerSettings:
     values: dict[str, Any] = {"adapter_root": [root], "persona_watch_interval": 0, **overrides}
-    return ServerSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return server_settings(**values)
 
 
 def make_registry(settings: ServerSettings, engine: FakeEngine, model_dir: Path) -> PersonaRegistry:
     return PersonaRegistry(settings, engine, BASE, str(model_dir))
 
 
-def persona_state_factory(engine: FakeEngine, model_dir: Path) -> Callable[[ServerSettings], Any]:
+def persona_state_factory(engine: FakeEngine, model_dir: Path) -> StateFactory:
     @asynccontextmanager
     async def factory(settings: ServerSettings) -> AsyncIterator[AppState]:
         registry = make_registry(settings, engine, model_dir)
@@ -189,3 +198,44 @@ def persona_state_factory(engine: FakeEngine, model_dir: Path) -> Callable[[Serv
             yield AppState(settings=settings, engine=engine, catalog=registry)
 
     return factory
+
+
+def start(
+    tmp_path: Path,
+    engine: CountingEngine,
+    root: Path,
+    *,
+    raise_server_exceptions: bool = True,
+    **settings: object,
+) -> TestClient:
+    """The persona app over `engine` with `root` as its adapter root; entering it starts it."""
+    model_dir = write_model_dir(tmp_path / "model")
+    app = create_app(make_settings(root, **settings), persona_state_factory(engine, model_dir))
+    return TestClient(app, raise_server_exceptions=raise_server_exceptions)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "adapters").mkdir()
+    return tmp_path / "adapters"
+
+
+@pytest.fixture
+def engine() -> CountingEngine:
+    return CountingEngine(load_delay=0)
+
+
+@pytest.fixture
+def raise_server_exceptions() -> bool:
+    """Whether the test client re-raises the app's unhandled errors (a module may override)."""
+    return True
+
+
+@pytest.fixture
+def client(
+    tmp_path: Path, engine: CountingEngine, root: Path, raise_server_exceptions: bool
+) -> Iterator[TestClient]:
+    with start(
+        tmp_path, engine, root, raise_server_exceptions=raise_server_exceptions
+    ) as test_client:
+        yield test_client

@@ -112,6 +112,7 @@ def test_base_passes_run_abba_and_only_loragate_does_cold_trials() -> None:
     assert [s.server for s in stages(QUICK, [VLLM, LORAGATE])] == [LORAGATE, VLLM]
 
 
+@pytest.mark.slow  # matplotlib: 3 s to import it and draw four figures
 def test_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     levels = [_level(s, BASE, c, 100.0 * c, 50.0) for s in (LORAGATE, VLLM) for c in (1, 16)]
     overhead = [OverheadResult(False, 1, 1000, 0, 900.0, 1.5, 2.0, 3.0)]

@@ -5,18 +5,19 @@ import json
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from openai.types.chat import ChatCompletionMessageParam
 
 from loragate.engine.fake import FakeEngine
 from tests.unit.conftest import BASE
 
-USER = [{"role": "user", "content": "hi"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def test_chat_completion_returns_scripted_text_and_exact_usage(
     sdk: openai.OpenAI, fake: FakeEngine
 ) -> None:
     fake.enqueue(["Hel", "lo"])
-    reply = sdk.chat.completions.create(model=BASE, messages=USER)  # type: ignore[arg-type]
+    reply = sdk.chat.completions.create(model=BASE, messages=USER)
     assert reply.choices[0].message.content == "Hello"
     assert reply.choices[0].finish_reason == "stop"
     assert reply.model == BASE
@@ -48,15 +49,17 @@ def test_stream_ends_with_usage_then_done(client: TestClient, fake: FakeEngine) 
 
 def test_unknown_model_is_404_listing_valid_names(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
-        sdk.chat.completions.create(model="nope", messages=USER)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="nope", messages=USER)
     assert BASE in err.value.message
-    assert err.value.body["param"] == "model"  # type: ignore[index]
+    body = err.value.body
+    assert isinstance(body, dict) and body["param"] == "model"
 
 
 def test_invalid_field_is_400_naming_param(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        sdk.chat.completions.create(model=BASE, messages=USER, temperature=5)  # type: ignore[arg-type]
-    assert err.value.body["param"] == "temperature"  # type: ignore[index]
+        sdk.chat.completions.create(model=BASE, messages=USER, temperature=5)
+    body = err.value.body
+    assert isinstance(body, dict) and body["param"] == "temperature"
 
 
 def test_malformed_json_is_400(client: TestClient) -> None:
@@ -70,9 +73,11 @@ def test_malformed_json_is_400(client: TestClient) -> None:
 def test_prompt_longer_than_context_is_400_with_both_lengths(
     sdk: openai.OpenAI, fake: FakeEngine
 ) -> None:
-    long = [{"role": "user", "content": "x" * (fake.max_model_len + 10)}]
+    long: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "x" * (fake.max_model_len + 10)}
+    ]
     with pytest.raises(openai.BadRequestError) as err:
-        sdk.chat.completions.create(model=BASE, messages=long)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model=BASE, messages=long)
     assert str(fake.max_model_len) in err.value.message
     assert err.value.code == "context_length_exceeded"
 
@@ -80,7 +85,7 @@ def test_prompt_longer_than_context_is_400_with_both_lengths(
 def test_dead_engine_is_503(sdk: openai.OpenAI, fake: FakeEngine, client: TestClient) -> None:
     fake.dead = True
     with pytest.raises(openai.InternalServerError) as err:
-        sdk.chat.completions.create(model=BASE, messages=USER)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model=BASE, messages=USER)
     assert err.value.status_code == 503
     assert client.get("/health").status_code == 503
 
@@ -100,14 +105,14 @@ def test_sdk_raises_on_error_mid_stream(sdk: openai.OpenAI, fake: FakeEngine) ->
     from loragate.engine.fake import Die
 
     fake.enqueue(["partial", Die()])
-    stream = sdk.chat.completions.create(model=BASE, messages=USER, stream=True)  # type: ignore[arg-type]
+    stream = sdk.chat.completions.create(model=BASE, messages=USER, stream=True)
     with pytest.raises(openai.APIError):
         for _ in stream:
             pass
 
 
 def test_persona_system_prompt_absent_for_base(sdk: openai.OpenAI, fake: FakeEngine) -> None:
-    sdk.chat.completions.create(model=BASE, messages=USER)  # type: ignore[arg-type]
+    sdk.chat.completions.create(model=BASE, messages=USER)
     prompt = fake.tokenizer.decode(fake.requests[0][0])
     assert prompt == "<user>hi\n<assistant>"
 
@@ -115,7 +120,7 @@ def test_persona_system_prompt_absent_for_base(sdk: openai.OpenAI, fake: FakeEng
 def test_sampling_fields_reach_the_engine(sdk: openai.OpenAI, fake: FakeEngine) -> None:
     sdk.chat.completions.create(
         model=BASE,
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         n=2,
         max_completion_tokens=7,
         temperature=0.3,
@@ -140,15 +145,19 @@ def test_sampling_fields_reach_the_engine(sdk: openai.OpenAI, fake: FakeEngine) 
 
 
 def test_n_two_gives_two_choices(sdk: openai.OpenAI) -> None:
-    reply = sdk.chat.completions.create(model=BASE, messages=USER, n=2)  # type: ignore[arg-type]
+    reply = sdk.chat.completions.create(model=BASE, messages=USER, n=2)
     assert [c.index for c in reply.choices] == [0, 1]
 
 
 def test_json_schema_reaches_engine(sdk: openai.OpenAI, fake: FakeEngine) -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    schema: dict[str, object] = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "required": ["a"],
+    }
     sdk.chat.completions.create(
         model=BASE,
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
     )
     assert fake.requests[0][1].json_schema == schema

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a venv and a pip install: half a minute
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "vllm", "transformers", "peft", "fastapi", "langchain_core", "requests")
 

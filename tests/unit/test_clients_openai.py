@@ -35,9 +35,10 @@ def test_base_url_and_key_from_arguments_env_and_defaults(monkeypatch: pytest.Mo
 
 
 def test_personas_of_a_server_without_the_persona_api() -> None:
-    cards = [
-        Model(id="base", created=0, object="model", owned_by="vllm", root="/m", parent=None),
-        Model(id="sql", created=0, object="model", owned_by="vllm", root="/a/sql", parent="base"),
+    card = {"created": 0, "object": "model", "owned_by": "vllm"}
+    cards = [  # vLLM's cards: `root` and `parent` are extra fields to the SDK's Model
+        Model.model_validate({**card, "id": "base", "root": "/m", "parent": None}),
+        Model.model_validate({**card, "id": "sql", "root": "/a/sql", "parent": "base"}),
     ]
     (sql,) = personas_from_models(cards)
     assert (sql.name, sql.base_model, sql.adapter_path, sql.state) == (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,11 @@ def test_repo_ids(model: str, source: Any, repo_id: str) -> None:
 def test_modelscope_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import modelscope
-
+    # A stand-in module: importing the real one takes seconds (the offline test drives it).
     recorder = Recorder()
-    monkeypatch.setattr(modelscope, "snapshot_download", recorder)
+    stand_in = types.ModuleType("modelscope")
+    stand_in.__dict__.update(snapshot_download=recorder)
+    monkeypatch.setitem(sys.modules, "modelscope", stand_in)
     argv = ["download", LLAMA_MS, "--source", "modelscope", "--dir", str(tmp_path)]
     assert main([*argv, "--revision", "master"]) == 0
     target = tmp_path / "LLM-Research" / "Meta-Llama-3.1-8B-Instruct"  # the tutorial's layout
@@ -81,6 +83,7 @@ def test_hugging_face_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     ]
 
 
+@pytest.mark.slow  # a process each, importing its hub library and retrying the connection
 @pytest.mark.parametrize("source", ["hf", "modelscope"])
 def test_offline_ends_with_a_clear_message(source: str, tmp_path: Path) -> None:
     """Run as the user runs it (a process of its own): stderr ends in one line, no traceback."""

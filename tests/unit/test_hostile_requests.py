@@ -17,8 +17,7 @@ from fastapi.testclient import TestClient
 
 from loragate.engine.fake import Die, FakeEngine
 from loragate.server.app import create_app
-from loragate.settings import ServerSettings
-from tests.unit.conftest import BASE, fake_state_factory
+from tests.unit.conftest import BASE, fake_state_factory, server_settings
 
 CHAT: dict[str, Any] = {"model": BASE, "messages": [{"role": "user", "content": "hi"}]}
 TEXT: dict[str, Any] = {"model": BASE, "prompt": "hi"}
@@ -181,8 +180,8 @@ def test_a_prompt_too_long_for_any_tokenization_is_refused_before_tokenizing(
 
 @pytest.fixture
 def small_body_client(fake: FakeEngine) -> Iterator[TestClient]:
-    settings = ServerSettings(_env_file=None, max_request_body_bytes=4096)  # type: ignore[call-arg]
-    with TestClient(create_app(settings, fake_state_factory(fake))) as test_client:  # type: ignore[arg-type]
+    settings = server_settings(max_request_body_bytes=4096)
+    with TestClient(create_app(settings, fake_state_factory(fake))) as test_client:
         yield test_client
 
 

@@ -18,6 +18,7 @@ from loragate.engine.cpu_lora import grouped as lora_grouped
 from loragate.engine.cpu_lora import isolation
 
 pytestmark = [
+    pytest.mark.slow,  # vLLM's own ops: importing vLLM (and torch's inductor) takes 10 s
     # Importing vLLM imports torch's inductor, which warns on import.
     pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
 ]
@@ -145,7 +146,7 @@ def test_fast_ops_match_vllm_on_model_shapes_in_bfloat16(
         ("bgmv_expand_slice", (h, lora_b, out.clone(), indices, 4, 96, add_inputs)),
     ):
         before = args[2].clone()
-        vllm_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        vllm_args: list[Any] = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
         getattr(lora_ops, op)(*vllm_args)
         isolation.isolated(getattr(lora_ops, op))(*args)
         assert torch.equal(args[2][~adapter_rows], before[~adapter_rows]), op

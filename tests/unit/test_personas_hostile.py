@@ -6,64 +6,46 @@ the fake engine; nothing refused reaches the engine or the listing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+import httpx2  # the test client's (starlette's) httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from loragate.server.app import create_app
+from tests.unit import personas_support
 from tests.unit.personas_support import (
     DEEP,
     CountingEngine,
-    make_settings,
-    persona_state_factory,
+    start,
     write_adapter,
     write_bundle,
     write_deep_header,
-    write_model_dir,
 )
 
-Route = Callable[[TestClient, str, str], httpx.Response]
+Route = Callable[[TestClient, str, str], httpx2.Response]
+
+root, engine, client = personas_support.root, personas_support.engine, personas_support.client
 
 
-def put_persona(client: TestClient, name: str, path: str) -> httpx.Response:
+@pytest.fixture
+def raise_server_exceptions() -> bool:
+    """Not raised in the test: an unhandled error must show as the 500 that a client would get."""
+    return False
+
+
+def put_persona(client: TestClient, name: str, path: str) -> httpx2.Response:
     return client.put(f"/v1/personas/{name}", json={"path": path})
 
 
-def load_lora_adapter(client: TestClient, name: str, path: str) -> httpx.Response:
+def load_lora_adapter(client: TestClient, name: str, path: str) -> httpx2.Response:
     return client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
 
 
 ROUTES = pytest.mark.parametrize("route", [put_persona, load_lora_adapter], ids=["put", "load"])
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    (tmp_path / "adapters").mkdir()
-    return tmp_path / "adapters"
-
-
-@pytest.fixture
-def engine() -> CountingEngine:
-    return CountingEngine(load_delay=0)
-
-
-def start(tmp_path: Path, engine: CountingEngine, root: Path, **settings: object) -> TestClient:
-    model_dir = write_model_dir(tmp_path / "model")
-    app = create_app(make_settings(root, **settings), persona_state_factory(engine, model_dir))
-    # Not raised in the test: an unhandled error must show as the 500 that a client would get.
-    return TestClient(app, raise_server_exceptions=False)
-
-
-@pytest.fixture
-def client(tmp_path: Path, engine: CountingEngine, root: Path) -> Iterator[TestClient]:
-    with start(tmp_path, engine, root) as test_client:
-        yield test_client
-
-
-def refused(response: httpx.Response) -> str:
+def refused(response: httpx2.Response) -> str:
     """The message of a 400 in OpenAI's envelope."""
     assert response.status_code == 400, response.text
     error = response.json()["error"]
@@ -152,7 +134,10 @@ def test_a_deeply_nested_bundle_in_a_personas_dir_does_not_stop_start_up(
     write_bundle(personas_dir / "deep")
     (personas_dir / "deep" / "persona.toml").write_text(f"x = {DEEP}\n")
     write_bundle(personas_dir / "good")
-    with start(tmp_path, engine, root, personas_dir=[personas_dir]) as client:
+    server = start(
+        tmp_path, engine, root, raise_server_exceptions=False, personas_dir=[personas_dir]
+    )
+    with server as client:
         listed = {p["name"]: p for p in client.get("/v1/personas").json()["data"]}
         assert listed["good"]["state"] == "registered"
         assert listed["deep"]["state"] == "failed"

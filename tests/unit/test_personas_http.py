@@ -2,61 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from openai.types.chat import ChatCompletionMessageParam
 
-from loragate.server.app import create_app
-from tests.unit.personas_support import (
-    BASE,
-    CountingEngine,
-    make_settings,
-    persona_state_factory,
-    write_adapter,
-    write_bundle,
-    write_model_dir,
-)
+from tests.unit import personas_support
+from tests.unit.personas_support import BASE, CountingEngine, start, write_adapter, write_bundle
 
 CONTRACT_FIELDS = {
     "name", "version", "state", "error", "description", "base_model", "system_prompt",
     "defaults", "adapter_path", "rank", "size_bytes", "load_time_s", "requests_served",
     "last_used", "in_flight",
 }  # fmt: skip
-USER = [{"role": "user", "content": "hi"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 SYSTEM_PROMPT = "You are Zhen Huan."
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    (tmp_path / "adapters").mkdir()
-    return tmp_path / "adapters"
-
-
-@pytest.fixture
-def engine() -> CountingEngine:
-    return CountingEngine(load_delay=0)
-
-
-def start(tmp_path: Path, engine: CountingEngine, root: Path, **settings: object) -> TestClient:
-    model_dir = write_model_dir(tmp_path / "model")
-    app = create_app(make_settings(root, **settings), persona_state_factory(engine, model_dir))
-    return TestClient(app)
-
-
-@pytest.fixture
-def client(tmp_path: Path, engine: CountingEngine, root: Path) -> Iterator[TestClient]:
-    with start(tmp_path, engine, root) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def sdk(client: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0
-    )
+# The persona app's fixtures; the unit conftest's `sdk` drives this `client`.
+root, engine, client = personas_support.root, personas_support.engine, personas_support.client
+raise_server_exceptions = personas_support.raise_server_exceptions
 
 
 @pytest.fixture
@@ -98,7 +65,7 @@ def test_unknown_persona_is_404_listing_the_valid_ones(
     assert response.status_code == 404
     assert "Valid personas: zhenhuan" in response.json()["error"]["message"]
     with pytest.raises(openai.NotFoundError) as err:
-        sdk.chat.completions.create(model="nobody", messages=USER)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="nobody", messages=USER)
     assert "zhenhuan" in err.value.message and BASE in err.value.message
 
 
@@ -171,7 +138,7 @@ def test_models_list_personas_with_parent_and_root(
 def test_persona_system_prompt_and_defaults_apply_where_the_request_is_silent(
     sdk: openai.OpenAI, zhenhuan: dict[str, object], engine: CountingEngine
 ) -> None:
-    reply = sdk.chat.completions.create(model="zhenhuan", messages=USER)  # type: ignore[arg-type]
+    reply = sdk.chat.completions.create(model="zhenhuan", messages=USER)
     assert reply.model == "zhenhuan"
     prompt_ids, options, adapter = engine.requests[-1]
     assert engine.tokenizer.decode(prompt_ids) == f"<system>{SYSTEM_PROMPT}\n<user>hi\n<assistant>"
@@ -184,10 +151,10 @@ def test_persona_system_prompt_and_defaults_apply_where_the_request_is_silent(
 def test_the_requests_own_system_message_and_fields_win(
     sdk: openai.OpenAI, engine: CountingEngine
 ) -> None:
-    own = [{"role": "system", "content": "Be brief."}, *USER]
+    own: list[ChatCompletionMessageParam] = [{"role": "system", "content": "Be brief."}, *USER]
     sdk.chat.completions.create(
         model="zhenhuan@3",
-        messages=own,  # type: ignore[arg-type]
+        messages=own,
         temperature=1.2,
         max_tokens=3,
     )
@@ -198,7 +165,7 @@ def test_the_requests_own_system_message_and_fields_win(
 
 @pytest.mark.usefixtures("zhenhuan")
 def test_base_model_requests_use_no_adapter(sdk: openai.OpenAI, engine: CountingEngine) -> None:
-    sdk.chat.completions.create(model=BASE, messages=USER)  # type: ignore[arg-type]
+    sdk.chat.completions.create(model=BASE, messages=USER)
     assert engine.requests[-1][2] is None
 
 

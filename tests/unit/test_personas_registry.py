@@ -68,7 +68,7 @@ async def test_two_simultaneous_first_uses_load_once(
             return target
 
     first, second = await asyncio.gather(use(), use())
-    assert first.adapter == second.adapter is not None
+    assert first.adapter is not None and first.adapter == second.adapter
     assert engine.add_calls == [first.adapter.int_id]
     assert registry.get("p").state == "loaded"
 

@@ -2,7 +2,9 @@
 
 Bounded to a few seconds per operation: derandomized (the same cases on every run, so CI does
 not flake), a small max_examples for the fuzzing phase, no deadline (the first request of a run
-pays for the app's start-up). Schemathesis' coverage and examples phases run too.
+pays for the app's start-up). Schemathesis' coverage and examples phases run too. Slow as a
+whole (over a thousand requests; collecting its cases alone takes seconds): `make unit` skips it,
+and the schema's own shape is checked in test_openapi_schema.py.
 """
 
 from __future__ import annotations
@@ -17,10 +19,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from loragate.engine.fake import FakeEngine
 from loragate.server.app import create_app
-from loragate.settings import ServerSettings
-from tests.unit.conftest import fake_state_factory
+from tests.unit.conftest import fake_openapi
 from tests.unit.personas_support import (
     CountingEngine,
     make_settings,
@@ -28,6 +28,8 @@ from tests.unit.personas_support import (
     write_bundle,
     write_model_dir,
 )
+
+pytestmark = pytest.mark.slow
 
 # The 400s that schema-valid data may get: limits known only at run time (the context length,
 # the vocabulary, what lies on disk under the adapter roots). Any other is a schema gap.
@@ -48,10 +50,10 @@ CROSS_FIELD_400S = {"invalid_value"}
 # Loaded at import, as `parametrize` needs; the app under test is the fixture's (its schema is
 # the same). schemathesis.pytest.from_fixture would spare this, but fails on pytest 9.2
 # ('Function' object has no attribute '_nodeid').
-_SETTINGS = ServerSettings(_env_file=None)  # type: ignore[call-arg]
-OPENAPI = create_app(_SETTINGS, fake_state_factory(FakeEngine())).openapi()  # type: ignore[arg-type]
 CONFIG = {"continue-on-failure": True}
-schema = schemathesis.openapi.from_dict(OPENAPI, config=schemathesis.Config.from_dict(CONFIG))
+schema = schemathesis.openapi.from_dict(
+    fake_openapi(), config=schemathesis.Config.from_dict(CONFIG)
+)
 
 
 def accepted_unless_over_a_limit(
@@ -98,23 +100,3 @@ def test_api(case: schemathesis.Case[Any], app: FastAPI) -> None:
         excluded_checks=[positive_data_acceptance],
         additional_checks=[accepted_unless_over_a_limit],
     )
-
-
-def test_the_schema_declares_openai_errors_and_no_422() -> None:
-    for path, operations in OPENAPI["paths"].items():
-        for method, operation in operations.items():
-            responses = operation["responses"]
-            assert "422" not in responses, (method, path)
-            assert {"413", "500"} <= set(responses), (method, path)
-            for status, response in responses.items():
-                if int(status) >= 400:
-                    envelope = response["content"]["application/json"]["schema"]
-                    assert envelope == {"$ref": "#/components/schemas/ErrorEnvelope"}
-    assert "HTTPValidationError" not in OPENAPI["components"]["schemas"]
-    error = OPENAPI["components"]["schemas"]["ErrorDetail"]
-    assert set(error["required"]) == {"message", "type", "param", "code"}
-
-
-def test_put_declares_201_for_a_new_persona() -> None:
-    responses = OPENAPI["paths"]["/v1/personas/{name}"]["put"]["responses"]
-    assert {"200", "201", "400", "401", "404"} <= set(responses)

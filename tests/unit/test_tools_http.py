@@ -123,8 +123,9 @@ def test_required_forces_an_array_of_calls(sdk: openai.OpenAI, fake: FakeEngine)
     fake.enqueue(output)
     calls = ask(sdk, tool_choice="required").choices[0].message.tool_calls
     ((_, options, _),) = fake.requests
-    assert options.json_schema is not None and options.json_schema["type"] == "array"
-    names = {v["properties"]["name"]["enum"][0] for v in options.json_schema["items"]["anyOf"]}
+    schema = options.json_schema
+    assert isinstance(schema, dict) and schema["type"] == "array"
+    names = {v["properties"]["name"]["enum"][0] for v in schema["items"]["anyOf"]}
     assert names == {"get_weather", "get_time"}
     assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
         ("get_weather", {"city": "Paris"}), ("get_time", {})
@@ -232,7 +233,8 @@ def test_a_chatml_model_without_tools_in_its_template_gets_loragates() -> None:
     from loragate.engine.tool_parsers import AutoCalls, default_parser
     from loragate.prompting import render_prompt_text
 
-    smol = AutoTokenizer.from_pretrained(ensure_default_model())
+    # transformers' tokenizer classes are typed, but not as the structural TemplateTokenizer.
+    smol: Any = AutoTokenizer.from_pretrained(ensure_default_model())
     assert "tools" not in smol.chat_template  # SmolLM2's own renders none
     history: list[Any] = [
         *QUESTION,

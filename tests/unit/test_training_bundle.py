@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from loragate.adapters.manifest import LORA_TARGET_MODULES, PersonaManifest, read_bundle
 from loragate.adapters.training.bundle import next_version, publish_bundle
 from loragate.adapters.training.recipe import TrainSettings
 
 
-def fake_adapter(marker: str):  # type: ignore[no-untyped-def]
+def fake_adapter(marker: str) -> Callable[[Path], None]:
     def save(directory: Path) -> None:
         directory.mkdir(parents=True)
         (directory / "adapter_config.json").write_text(json.dumps({"marker": marker}))
@@ -56,6 +59,7 @@ def test_recipe_defaults_are_the_tutorials() -> None:
     ]
 
 
+@pytest.mark.slow  # transformers' TrainingArguments imports torch and accelerate: 5 s
 def test_recipe_becomes_training_arguments(tmp_path: Path) -> None:
     from loragate.adapters.training.trainer import training_arguments
 

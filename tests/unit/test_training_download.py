@@ -57,7 +57,9 @@ class LocalServer:
         self._server = ThreadingHTTPServer(
             ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # Polled every 10 ms, so that stop() does not wait half a second (the default).
+        serve = functools.partial(self._server.serve_forever, poll_interval=0.01)
+        self._thread = threading.Thread(target=serve, daemon=True)
         self._thread.start()
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
 
