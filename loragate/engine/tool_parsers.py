@@ -88,6 +88,9 @@ def forced_call_schema(
     # vLLM's array leaves each call object open: a small model then adds keys until max_tokens.
     for branch in schema.get("items", {}).get("anyOf", []):
         branch.setdefault("additionalProperties", False)
+    if parallel is False:  # one call: the object alone (maxItems alone did not end the array)
+        single: dict[str, Any] = schema["items"]
+        return single
     return schema
 
 
@@ -150,8 +153,10 @@ class ForcedCalls:
     """Calls whose JSON structured output forced: one named function's arguments, or the
     `required` array of {name, parameters}."""
 
-    def __init__(self, named: str | None):
+    def __init__(self, named: str | None, single: bool = False):
+        """`single`: `required` without parallel calls, one {name, parameters} object."""
         self._named = named
+        self._single = single
         self._text = ""
         self._sent = 0  # calls of the array streamed so far
         self._id: str | None = None
@@ -185,10 +190,12 @@ class ForcedCalls:
     def _complete_items(self) -> list[tuple[int, dict[str, Any]]]:
         """Array elements completed since the last call: each is streamed whole."""
         decoder = json.JSONDecoder()
-        found, position, index = [], self._text.find("[") + 1, 0
-        if position == 0:
+        opening = "{" if self._single else "["
+        found, position, index = [], self._text.find(opening), 0
+        if position < 0:
             return []
-        while True:
+        position += 0 if self._single else 1
+        while index == 0 or not self._single:
             while position < len(self._text) and self._text[position] in " \t\r\n,":
                 position += 1
             try:

@@ -58,7 +58,8 @@ class ToolPlan:
         if self.choice == "none":
             return None
         if self.forced:
-            return ForcedCalls(self.named)
+            single = self.choice == "required" and self.parallel is False
+            return ForcedCalls(self.named, single=single)
         return AutoCalls(self.parser, tokenizer, self.tools, "auto")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from openai.types.responses import ResponseCompletedEvent, ResponseFunctionToolCall
 
 from loragate.engine.fake import FakeEngine
 from loragate.server.app import create_app
@@ -118,8 +119,11 @@ def test_a_streamed_function_call(sdk: openai.OpenAI, fake: FakeEngine) -> None:
     assert kinds[-3:] == [
         "response.function_call_arguments.done", "response.output_item.done", "response.completed"
     ]  # fmt: skip
-    (call,) = events[-1].response.output  # type: ignore[union-attr]
-    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}
+    final = events[-1]
+    assert isinstance(final, ResponseCompletedEvent)
+    (call,) = final.response.output
+    assert isinstance(call, ResponseFunctionToolCall)
+    assert json.loads(call.arguments) == {"city": "Paris"}
 
 
 def test_stored_responses_are_the_keys_own(client: TestClient, fake: FakeEngine) -> None:

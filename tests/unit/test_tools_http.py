@@ -255,3 +255,24 @@ def test_a_chatml_model_without_tools_in_its_template_gets_loragates() -> None:
     output = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
     (call,) = AutoCalls("hermes", smol, TOOLS, "auto").parse(output).calls
     assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Rome"})
+
+
+def test_required_without_parallel_calls_forces_one_call_object(
+    sdk: openai.OpenAI, fake: FakeEngine
+) -> None:
+    output = ['{"name": "get_weather", ', '"parameters": {"city": "Paris"}}']
+    fake.enqueue(output)
+    calls = (
+        ask(sdk, tool_choice="required", parallel_tool_calls=False).choices[0].message.tool_calls
+    )
+    ((_, options, _),) = fake.requests
+    assert options.json_schema is not None and "anyOf" in options.json_schema  # one object
+    assert all(b["additionalProperties"] is False for b in options.json_schema["anyOf"])
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    fake.enqueue(output)
+    streamed, finish = streamed_calls(sdk, tool_choice="required", parallel_tool_calls=False)
+    assert [(c["name"], json.loads(c["arguments"])) for c in streamed] == [
+        ("get_weather", {"city": "Paris"})
+    ] and finish == "tool_calls"
