@@ -187,6 +187,17 @@ class ForcedCalls:
     def finish(self) -> list[ToolCallDelta]:
         return []
 
+    @staticmethod
+    def complete(text: str) -> bool:
+        """Whether the forced JSON value is whole: what follows it can only be whitespace,
+        which a small model may write until max_tokens."""
+        stripped = text.lstrip()
+        try:
+            _, end = json.JSONDecoder().raw_decode(stripped)
+        except ValueError:
+            return False
+        return not stripped[end:].strip()
+
     def _complete_items(self) -> list[tuple[int, dict[str, Any]]]:
         """Array elements completed since the last call: each is streamed whole."""
         decoder = json.JSONDecoder()

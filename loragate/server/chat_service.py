@@ -28,13 +28,14 @@ from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenL
 
 from loragate.adapters.targets import ModelTarget, SamplingDefaults
 from loragate.engine.protocol import Engine
-from loragate.engine.tool_parsers import ParsedOutput, ToolCallDelta
+from loragate.engine.tool_parsers import ForcedCalls, ParsedOutput, ToolCallDelta
 from loragate.engine.types import ChoiceDelta as EngineDelta
 from loragate.engine.types import TokenLogprob
 from loragate.prompting import Message, render_prompt_ids
 from loragate.server.errors import BadRequestError
 from loragate.server.generation import (
     NO_USAGE,
+    ChoiceResult,
     Prepared,
     UsageMode,
     generate_all,
@@ -115,7 +116,9 @@ def prepare_chat(
         )
     except ValueError as exc:  # a template that cannot render tools
         raise BadRequestError(
-            f"Tools cannot be offered to this model: {exc}", param="tools"
+            f"Tools cannot be offered to this model: {exc}",
+            param="tools",
+            code="tools_not_supported",
         ) from exc
     defaults = target.defaults.over(model_defaults)
     budget = completion_budget(
@@ -148,7 +151,10 @@ def _token_logprobs(entries: list[TokenLogprob]) -> list[ChatCompletionTokenLogp
 async def chat_completion(
     engine: Engine, chat: PreparedChat, model_name: str, request_id: str
 ) -> ChatCompletion:
-    result = await generate_all(engine, chat.prepared, request_id)
+    forced = chat.tools is not None and chat.tools.forced
+    result = await generate_all(
+        engine, chat.prepared, request_id, _all_forced_done if forced else None
+    )
     choices = []
     for i, c in enumerate(result.choices):
         reader = chat.reader(engine)
@@ -214,6 +220,8 @@ async def chat_stream(
         return result
 
     role_sent = False
+    forced = chat.tools is not None and chat.tools.forced
+    texts = [""] * prepared.options.n
     async for update in stream_updates(engine, prepared, request_id):
         if not role_sent:  # with the first output, as vLLM does: peers time the first token
             role_sent = True
@@ -232,10 +240,28 @@ async def chat_stream(
                 pieces = [*pieces, *reader.finish()]
             called[delta.index] = called[delta.index] or bool(pieces)
             choices.append(_chunk_choice(delta, content, pieces, called[delta.index]))
+            texts[delta.index] += delta.text
+        if forced and all(ForcedCalls.complete(text) for text in texts):
+            # The calls are whole: end here rather than on max_tokens (the engine request is
+            # aborted as the loop ends); every choice ends with this chunk, if it had not.
+            for choice in choices:
+                choice.finish_reason = choice.finish_reason or "tool_calls"
+            present = {choice.index for choice in choices}
+            choices += [_ended(i) for i in range(len(texts)) if i not in present]
+            yield chunk(choices)
+            break
         if choices:
             yield chunk(choices)
     if usage_mode.include:
         yield chunk([], final=True)
+
+
+def _all_forced_done(choices: list[ChoiceResult]) -> bool:
+    return all(ForcedCalls.complete(choice.text) for choice in choices)
+
+
+def _ended(index: int) -> ChunkChoice:
+    return ChunkChoice(index=index, delta=ChoiceDelta(), finish_reason="tool_calls")
 
 
 def _role_choices(n: int) -> list[ChunkChoice]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -91,7 +91,13 @@ async def stream_updates(
             yield update
 
 
-async def generate_all(engine: Engine, prepared: Prepared, request_id: str) -> GenerationResult:
+async def generate_all(
+    engine: Engine,
+    prepared: Prepared,
+    request_id: str,
+    done: Callable[[list[ChoiceResult]], bool] | None = None,
+) -> GenerationResult:
+    """The whole output; `done` may end it early (the engine request is then aborted)."""
     choices = [ChoiceResult() for _ in range(prepared.options.n)]
     want_logprobs = prepared.options.logprobs is not None
     prompt_tokens = len(prepared.prompt_token_ids)
@@ -107,6 +113,8 @@ async def generate_all(engine: Engine, prepared: Prepared, request_id: str) -> G
                 choice.logprobs = (choice.logprobs or []) + (delta.logprobs or [])
             if delta.finish_reason is not None:
                 choice.finish_reason = delta.finish_reason
+        if done is not None and done(choices):
+            break
     return GenerationResult(prompt_tokens, choices, prompt_logprobs)
 
 

@@ -83,12 +83,19 @@ class NamedFunctionChoice(_Strict):
     name: str
 
 
-class TextFormat(_Strict):
-    type: Literal["text", "json_object", "json_schema"]
-    name: str | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+class PlainFormat(_Strict):
+    type: Literal["text", "json_object"]
+
+
+class JsonSchemaFormat(_Strict):
+    type: Literal["json_schema"]
+    name: str = Field(default="response", max_length=64)
+    schema_: Annotated[dict[str, Any], Field(min_length=1)] = Field(alias="schema")
     strict: StrictBool | None = None
     description: str | None = None
+
+
+TextFormat = Annotated[PlainFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
 class TextConfig(_Strict):
@@ -114,7 +121,19 @@ class ResponsesRequest(_Request):
     truncation: Literal["disabled"] | None = None
     include: Annotated[list[Any], Field(max_length=0)] | None = None
     reasoning: None = Field(default=None, description="Not supported: these models do not reason.")
-    background: Literal[False] | None = None
+    # A strict false: the schema says so (`enum`), the validator below refuses true.
+    background: Annotated[StrictBool, Field(json_schema_extra={"enum": [False]})] | None = Field(
+        default=None, description="Not supported: false only."
+    )
+
+    @model_validator(mode="after")
+    def _no_background(self) -> ResponsesRequest:
+        if self.background:
+            raise PydanticCustomError(
+                "unsupported_field", "Background responses are not supported ('{param}')",
+                {"param": "background"},
+            )  # fmt: skip
+        return self
 
     @model_validator(mode="before")
     @classmethod

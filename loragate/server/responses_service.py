@@ -20,6 +20,7 @@ from loragate.server.protocol import ChatCompletionRequest
 from loragate.server.responses_protocol import (
     FunctionCallItem,
     FunctionCallOutputItem,
+    JsonSchemaFormat,
     MessageItem,
     NamedFunctionChoice,
     ResponsesRequest,
@@ -82,13 +83,11 @@ def chat_request(request: ResponsesRequest, conversation: list[ChatDict]) -> Cha
     elif request.tool_choice is not None:
         body["tool_choice"] = request.tool_choice
     fmt = request.text.format if request.text else None
-    if fmt is not None and fmt.type != "text":
-        body["response_format"] = (
-            {"type": "json_object"}
-            if fmt.type == "json_object"
-            else {"type": "json_schema", "json_schema": {"name": fmt.name or "response",
-                                                         "schema": fmt.schema_ or {}}}
-        )  # fmt: skip
+    if isinstance(fmt, JsonSchemaFormat):
+        schema = {"name": fmt.name, "schema": fmt.schema_}
+        body["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif fmt is not None and fmt.type == "json_object":
+        body["response_format"] = {"type": "json_object"}
     try:
         return ChatCompletionRequest.model_validate(
             {k: v for k, v in body.items() if v is not None}
@@ -96,7 +95,8 @@ def chat_request(request: ResponsesRequest, conversation: list[ChatDict]) -> Cha
     except ValidationError as exc:  # a check of the chat route: name the Responses field
         problem = first_problem(exc.errors())
         param = problem.context.get("param") or problem.dotted()
-        raise BadRequestError(problem.message, param=_responses_param(param)) from exc
+        param = _responses_param(param)
+        raise BadRequestError(problem.message, param=param, code="invalid_value") from exc
 
 
 def _responses_param(param: str | None) -> str | None:

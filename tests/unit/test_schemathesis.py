@@ -38,13 +38,21 @@ RUN_TIME_LIMITS = {
     "token_out_of_vocabulary",
     "adapter_path_not_allowed",
     "invalid_adapter",
+    "tools_not_supported",  # the fake engine's template renders no tools
 }
 
 # Rules between fields that the JSON schema does not state, each a 400 `invalid_value` naming
 # the rule: top_logprobs needs logprobs, structured_outputs takes exactly one constraint,
 # response_format json_schema needs its json_schema, stream_options needs stream, no tool calls
 # in messages, and the fields refused until they are served (tools, functions, audio...).
-GENERATION = ["POST /v1/chat/completions", "POST /v1/completions", "POST /"]
+# The same in /v1/responses (a named tool among the tools...) and /tokenize (prompt or messages).
+GENERATION = [
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "POST /",
+    "POST /v1/responses",
+    "POST /tokenize",
+]
 CROSS_FIELD_400S = {"invalid_value"}
 
 # Loaded at import, as `parametrize` needs; the app under test is the fixture's (its schema is
@@ -80,7 +88,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     root = tmp / "adapters"
     write_bundle(root / "zhenhuan")
     yield create_app(
-        make_settings(root, personas_dir=[root]),
+        make_settings(root, personas_dir=[root], state_dir=tmp / "state"),
         persona_state_factory(CountingEngine(load_delay=0), write_model_dir(tmp / "model")),
     )
     shutdown_lifespans()

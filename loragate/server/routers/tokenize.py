@@ -41,7 +41,9 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
                     tools=tools, chat_template=target.chat_template,
                 )  # fmt: skip
             except ValueError as exc:
-                raise BadRequestError(f"Tools cannot be offered: {exc}", param="tools") from exc
+                raise BadRequestError(
+                    f"Tools cannot be offered: {exc}", param="tools", code="tools_not_supported"
+                ) from exc
             return ids
 
         ids = await state.off_loop(work)
