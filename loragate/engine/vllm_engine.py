@@ -284,6 +284,8 @@ def _update(output: Any, first: bool, options: SamplingOptions) -> GenerationUpd
             token_ids=list(choice.token_ids),
             logprobs=_logprobs(choice.token_ids, choice.logprobs, options.logprobs),
             finish_reason=_finish_reason(choice.finish_reason),
+            # vLLM's stop_reason: the matched stop string, a stop token's id, or None.
+            stop_sequence=choice.stop_reason if isinstance(choice.stop_reason, str) else None,
         )
         for choice in output.outputs
     ]

@@ -18,6 +18,7 @@ from loragate.server.routers import (
     chat,
     completions,
     legacy,
+    messages,
     models,
     personas,
     responses,
@@ -71,7 +72,7 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
         app.add_middleware(
             LegacyPortMiddleware, legacy_port=settings.legacy_port, routes=LEGACY_ROUTES
         )
-    routers = (chat, completions, responses, models, legacy, web, tokenize)
+    routers = (chat, completions, responses, messages, models, legacy, web, tokenize)
     for router in (module.router for module in routers):
         app.include_router(router, responses=EVERY_ROUTE)
     app.include_router(personas.router, responses=EVERY_ROUTE)

@@ -10,19 +10,21 @@ from loragate.server.errors import AuthenticationError
 from loragate.server.state import settings
 
 
-def _bearer(request: Request) -> str | None:
+def _presented_key(request: Request) -> str | None:
+    """The bearer token, or the `x-api-key` header that Anthropic's clients send."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
+    return token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key")
 
 
 def _check(request: Request, expected: str | None, what: str) -> None:
     if expected is None:
         return
-    given = _bearer(request)
+    given = _presented_key(request)
     if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
         raise AuthenticationError(
-            f"Incorrect or missing {what}: send 'Authorization: Bearer <key>'."
+            f"Incorrect or missing {what}: send 'Authorization: Bearer <key>' or "
+            "'x-api-key: <key>'."
         )
 
 

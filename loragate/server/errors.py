@@ -2,7 +2,7 @@
 
 Every error response is OpenAI's envelope, with the status codes openai-python maps to its
 exception classes (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError, 503
-InternalServerError...).
+InternalServerError...); Anthropic's Messages route shows the same errors in Anthropic's.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -153,6 +153,18 @@ class ErrorEnvelope(BaseModel):
     error: ErrorDetail
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorEnvelope(BaseModel):
+    """Anthropic's error envelope, the body of an error of /v1/messages."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
 def _validation_message(errors: Any) -> tuple[str, str | None]:
     problem = first_problem(errors, from_request=True)
     # A check of the whole body (an unsupported field) names its field in the error's context.
@@ -173,11 +185,14 @@ async def _gateway_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error.envelope(), status_code=error.status)
 
 
+def validation_error(exc: RequestValidationError) -> BadRequestError:
+    message, param = _validation_message(exc.errors())
+    return BadRequestError(message, param=param, code="invalid_value")
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    message, param = _validation_message(exc.errors())
-    body = error_envelope(message, BadRequestError.type, param=param, code="invalid_value")
-    return JSONResponse(body, status_code=400)
+    return JSONResponse(validation_error(exc).envelope(), status_code=400)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -208,6 +223,46 @@ def _methods_on(request: Request) -> set[str]:
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
     return JSONResponse(error_envelope("Internal server error", "internal_error"), status_code=500)
+
+
+# Anthropic's envelope, for /v1/messages: the same errors (the table above), as Anthropic's API
+# shows them. It names an error's type by its status.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",  # the engine is not available: Anthropic's "try again later"
+}
+
+
+def served_error(exc: Exception) -> GatewayError:
+    """Any exception as an error response shows it; an unexpected one is logged, a 500."""
+    if isinstance(exc, RequestValidationError):
+        return validation_error(exc)
+    if isinstance(exc, StarletteHTTPException):  # FastAPI's own: a body it cannot decode
+        http = GatewayError(str(exc.detail))
+        http.status, http.type = exc.status_code, "invalid_request_error"
+        return http
+    error = as_gateway_error(exc)
+    if error is None:
+        logger.exception("unhandled error", exc_info=exc)
+        return GatewayError("Internal server error")
+    return error
+
+
+def anthropic_envelope(error: GatewayError) -> dict[str, Any]:
+    fallback = "api_error" if error.status >= 500 else "invalid_request_error"
+    kind = _ANTHROPIC_TYPES.get(error.status, fallback)
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
+
+
+def anthropic_error_response(exc: Exception) -> JSONResponse:
+    error = served_error(exc)
+    return JSONResponse(anthropic_envelope(error), status_code=error.status)
 
 
 def install_error_handlers(app: FastAPI) -> None:

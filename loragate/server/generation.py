@@ -67,6 +67,7 @@ class ChoiceResult:
     completion_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
+    stop_sequence: str | None = None
 
 
 @dataclass
@@ -113,6 +114,7 @@ async def generate_all(
                 choice.logprobs = (choice.logprobs or []) + (delta.logprobs or [])
             if delta.finish_reason is not None:
                 choice.finish_reason = delta.finish_reason
+                choice.stop_sequence = delta.stop_sequence
         if done is not None and done(choices):
             break
     return GenerationResult(prompt_tokens, choices, prompt_logprobs)

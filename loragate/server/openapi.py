@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from loragate.server.errors import ErrorEnvelope
+from loragate.server.errors import AnthropicErrorEnvelope, ErrorEnvelope
 from loragate.server.protocol import LegacyPromptRequest
 
 Responses = dict[int | str, dict[str, Any]]
@@ -30,7 +30,11 @@ _ERRORS = {
 _VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 _SCHEMAS = "#/components/schemas/{model}"
 # Models no route names to FastAPI: their schemas are added to the components here.
-_COMPONENTS: tuple[type[BaseModel], ...] = (ErrorEnvelope, LegacyPromptRequest)
+_COMPONENTS: tuple[type[BaseModel], ...] = (
+    ErrorEnvelope,
+    AnthropicErrorEnvelope,
+    LegacyPromptRequest,
+)
 # Spelled out rather than `"model": ErrorEnvelope`, which FastAPI files under the route's own
 # media type: text/plain for vLLM's load and unload routes, whose errors are JSON all the same.
 _ENVELOPE = {"application/json": {"schema": {"$ref": _SCHEMAS.format(model="ErrorEnvelope")}}}
@@ -58,6 +62,31 @@ GENERATION = {
         },
     },
     **errors(400, 401, 404, 503),
+}
+
+
+_ANTHROPIC_ENVELOPE = {
+    "application/json": {"schema": {"$ref": _SCHEMAS.format(model="AnthropicErrorEnvelope")}}
+}
+# Anthropic's Messages route: its message, or its events; its errors in Anthropic's envelope
+# (but a body over the limit, refused before any route runs).
+MESSAGES: Responses = {
+    200: {
+        "description": "The message, or with `stream: true` its events as server-sent events.",
+        "content": {
+            "text/event-stream": {
+                "itemSchema": {
+                    "type": "object",
+                    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                    "required": ["event", "data"],
+                }
+            }
+        },
+    },
+    **{
+        status: {"description": _ERRORS[status], "content": _ANTHROPIC_ENVELOPE}
+        for status in (400, 401, 404, 500, 503)
+    },
 }
 
 
