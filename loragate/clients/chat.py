@@ -1,16 +1,20 @@
 """`loragate chat`: a terminal chat with a gateway, streamed, with persona switching.
 
-Commands: /persona NAME, /personas, /system [TEXT], /clear, /help, /quit. Ctrl-C during a
-reply stops it (the partial reply stays in the history); Ctrl-D or /quit leaves.
+Commands: /persona NAME, /personas, /system [TEXT], /result TEXT, /clear, /help, /quit.
+Ctrl-C during a reply stops it (the partial reply stays in the history); Ctrl-D or /quit
+leaves. With --tools FILE (a JSON list of OpenAI function tools) the model may call them: a
+call is printed, not run, and /result TEXT gives it the result you choose.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO, cast
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 from loragate.cli_settings import add_settings_arguments, settings_from_arguments
 from loragate.clients.openai_client import GatewaySettings
@@ -18,7 +22,12 @@ from loragate.wire import error_message
 
 if TYPE_CHECKING:
     import openai
-    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types.chat import (
+        ChatCompletionMessageParam,
+        ChatCompletionToolChoiceOptionParam,
+        ChatCompletionToolUnionParam,
+    )
+    from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
     from loragate.wire import PersonaInfo
 
@@ -27,6 +36,7 @@ HELP = """commands:
   /persona NAME   talk to another persona (the history stays; /clear starts afresh)
   /personas       list the personas and the base model
   /system [TEXT]  set the system prompt (none: the persona's own)
+  /result TEXT    answer the model's pending tool call with TEXT (no tool runs here)
   /clear          forget the conversation
   /quit           leave (also Ctrl-D); Ctrl-C stops a reply"""
 
@@ -36,6 +46,91 @@ class Sampling:
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+
+
+ToolMode = Literal["auto", "none", "required"]
+TOOL_MODES: dict[str, ToolMode] = {"auto": "auto", "none": "none", "required": "required"}
+
+
+@dataclass
+class ToolOffer:
+    """The tools offered with every request, and `tool_choice`: a mode or a function's name."""
+
+    tools: list[ChatCompletionToolUnionParam]
+    choice: str = "auto"
+
+    def choice_param(self) -> ChatCompletionToolChoiceOptionParam:
+        mode = TOOL_MODES.get(self.choice)
+        return mode or {"type": "function", "function": {"name": self.choice}}
+
+
+def load_tools(path: Path, choice: str = "auto") -> ToolOffer:
+    """`--tools FILE`: a JSON list of OpenAI function tools; ValueError says what is wrong."""
+    try:
+        tools = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the tools in {path}: {exc}") from exc
+    if not isinstance(tools, list) or not all(_function_name(t) for t in tools):
+        raise ValueError(
+            f"{path} must hold a JSON list of tools, each "
+            '{"type": "function", "function": {"name": ..., "parameters": {...}}}'
+        )
+    names = [_function_name(t) for t in tools]
+    if choice not in TOOL_MODES and choice not in names:
+        listed = ", ".join(str(n) for n in names) or "none"
+        raise ValueError(f"--tool-choice {choice!r} is not a mode nor a tool (tools: {listed})")
+    return ToolOffer(tools, choice)
+
+
+def _function_name(tool: Any) -> str | None:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+@dataclass
+class ToolCall:
+    """One call of a reply, assembled from its streamed deltas."""
+
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+    def describe(self) -> str:
+        """`[tool call] get_weather({"city": "Paris"})`: the arguments as JSON when they parse."""
+        try:
+            arguments = json.dumps(json.loads(self.arguments), ensure_ascii=False)
+        except ValueError:
+            arguments = self.arguments
+        return f"[tool call] {self.name}({arguments})"
+
+    def param(self) -> dict[str, Any]:
+        function = {"name": self.name, "arguments": self.arguments}
+        return {"id": self.id, "type": "function", "function": function}
+
+
+def gather_calls(calls: dict[int, ToolCall], pieces: list[ChoiceDeltaToolCall]) -> None:
+    """Add one chunk's call deltas: the id and name come with a call's first piece."""
+    for piece in pieces:
+        call = calls.setdefault(piece.index, ToolCall())
+        call.id = call.id or piece.id or ""
+        if piece.function is not None:
+            call.name = call.name or piece.function.name or ""
+            call.arguments += piece.function.arguments or ""
+
+
+@dataclass
+class Reply:
+    parts: list[str] = field(default_factory=list)
+    calls: dict[int, ToolCall] = field(default_factory=dict)
+
+    def message(self, finished: bool) -> dict[str, Any]:
+        """The assistant turn for the history; an interrupted call is not kept."""
+        text = "".join(self.parts)
+        if not (finished and self.calls):
+            return {"role": "assistant", "content": text}
+        calls = [self.calls[i].param() for i in sorted(self.calls)]
+        return {"role": "assistant", "content": text or None, "tool_calls": calls}
 
 
 class TerminalChat:
@@ -48,14 +143,17 @@ class TerminalChat:
         *,
         system: str | None = None,
         sampling: Sampling | None = None,
+        tools: ToolOffer | None = None,
         out: TextIO = sys.stdout,
     ):
         self.client = client
         self.model = model
         self.system = system
         self.sampling = sampling or Sampling()
+        self.tools = tools
         self.out = out
-        self.history: list[dict[str, str]] = []
+        self.history: list[dict[str, Any]] = []
+        self._told_about_results = False
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -86,6 +184,8 @@ class TerminalChat:
         elif name == "/system":
             self.system = arg or None
             self.say(f"(system prompt: {self.system or 'the persona default'})")
+        elif name == "/result" and arg:
+            self._result(arg)
         else:
             self.say(HELP)
         return True
@@ -110,24 +210,58 @@ class TerminalChat:
         system = [{"role": "system", "content": self.system}] if self.system else []
         return cast("list[ChatCompletionMessageParam]", system + self.history)
 
+    def pending_calls(self) -> list[str]:
+        """The ids of the last reply's tool calls that no `tool` message has answered yet."""
+        answered: set[str] = set()
+        for message in reversed(self.history):
+            if message["role"] == "tool":
+                answered.add(message["tool_call_id"])
+            elif message["role"] == "assistant":
+                calls = message.get("tool_calls") or []
+                return [c["id"] for c in calls if c["id"] not in answered]
+            else:
+                break
+        return []
+
+    def _result(self, text: str) -> None:
+        pending = self.pending_calls()
+        if not pending:
+            self.say("(no tool call is waiting for a result)")
+            return
+        message = {"role": "tool", "tool_call_id": pending[0], "content": text}
+        if len(pending) > 1:
+            self.history.append(message)
+            self.say(f"(result kept; {len(pending) - 1} more call(s) wait for theirs)")
+            return
+        self._turn(message)  # every call has its result: the model goes on
+
     def reply(self, text: str) -> None:
         """Stream the reply to `text`; keep both turns unless the request failed."""
+        self._turn({"role": "user", "content": text})
+
+    def _turn(self, message: dict[str, Any]) -> None:
         import openai
 
-        self.history.append({"role": "user", "content": text})
+        self.history.append(message)
         self.out.write(f"{self.model}> ")
-        parts: list[str] = []
+        reply = Reply()
         try:
-            self._stream_into(parts)
+            self._stream_into(reply)
         except KeyboardInterrupt:
             self.say(" [stopped]")
+            self.history.append(reply.message(finished=False))
+            return
         except openai.APIError as exc:
             self.say(f"\n[error] {_message(exc)}")
             self.history.pop()
             return
-        self.history.append({"role": "assistant", "content": "".join(parts)})
+        self.history.append(reply.message(finished=True))
+        self._show_calls(reply)
 
-    def _stream_into(self, parts: list[str]) -> None:
+    def _stream_into(self, reply: Reply) -> None:
+        import openai
+
+        tools = self.tools
         stream = self.client.chat.completions.create(
             model=self.model,
             messages=self._messages(),
@@ -135,15 +269,40 @@ class TerminalChat:
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
             max_tokens=self.sampling.max_tokens,
+            tools=tools.tools if tools else openai.omit,
+            tool_choice=self._tool_choice(),
         )
         with stream:  # leaving it closes the connection, which aborts the request upstream
             for chunk in stream:
-                delta = chunk.choices[0].delta.content if chunk.choices else None
-                if delta:
-                    parts.append(delta)
-                    self.out.write(delta)
+                delta = chunk.choices[0].delta if chunk.choices else None
+                if delta is None:
+                    continue
+                gather_calls(reply.calls, delta.tool_calls or [])
+                if delta.content:
+                    reply.parts.append(delta.content)
+                    self.out.write(delta.content)
                     self.out.flush()
-        self.say("")
+
+    def _tool_choice(self) -> ChatCompletionToolChoiceOptionParam | openai.Omit:
+        """The offer's choice; after a tool's result `auto`, as the OpenAI Agents SDK's
+        `reset_tool_choice` does: a forced call would otherwise repeat for ever."""
+        import openai
+
+        if self.tools is None:
+            return openai.omit
+        if self.history and self.history[-1]["role"] == "tool":
+            return "auto"
+        return self.tools.choice_param()
+
+    def _show_calls(self, reply: Reply) -> None:
+        """End the reply's line; each call on its own (a reply that is only calls: on this one)."""
+        if reply.parts or not reply.calls:
+            self.say("")
+        for index in sorted(reply.calls):
+            self.say(reply.calls[index].describe())
+        if reply.calls and not self._told_about_results:
+            self._told_about_results = True
+            self.say("(the tool is not run here: /result TEXT answers the call)")
 
 
 def _describe(persona: PersonaInfo) -> str:
@@ -162,6 +321,9 @@ def model_names(client: openai.OpenAI) -> list[str]:
 
 def run(chat: TerminalChat, read_line: Callable[[str], str] = input) -> int:
     chat.say(f"Chatting with {chat.model}. /help lists the commands.")
+    if chat.tools:
+        names = ", ".join(_function_name(t) or "?" for t in chat.tools.tools)
+        chat.say(f"(tools offered: {names}; tool_choice {chat.tools.choice})")
     while True:
         try:
             line = read_line(USER_PROMPT)
@@ -178,6 +340,14 @@ def _main(args: argparse.Namespace) -> int:
     from loragate.clients.openai_client import served_base_model
 
     settings = settings_from_arguments(GatewaySettings, args)
+    try:
+        tools = load_tools(args.tools, args.tool_choice) if args.tools else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.tool_choice != "auto" and tools is None:
+        print("--tool-choice needs --tools FILE", file=sys.stderr)
+        return 2
     client = openai.OpenAI(base_url=settings.base_url, api_key=settings.key(), timeout=600)
     try:
         known = model_names(client)
@@ -192,7 +362,8 @@ def _main(args: argparse.Namespace) -> int:
         print(f"unknown persona '{model}'. Available: {', '.join(known)}", file=sys.stderr)
         return 2
     sampling = Sampling(args.temperature, args.top_p, args.max_tokens)
-    return run(TerminalChat(client, model, system=args.system, sampling=sampling))
+    chat = TerminalChat(client, model, system=args.system, sampling=sampling, tools=tools)
+    return run(chat)
 
 
 def register_chat_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -208,4 +379,16 @@ def register_chat_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
     parser.add_argument("--temperature", type=float, help="sampling temperature")
     parser.add_argument("--top-p", type=float, help="nucleus sampling probability mass")
     parser.add_argument("--max-tokens", type=int, help="most tokens per reply")
+    parser.add_argument(
+        "--tools",
+        type=Path,
+        metavar="FILE",
+        help="a JSON list of OpenAI function tools the model may call (printed, not run)",
+    )
+    parser.add_argument(
+        "--tool-choice",
+        default="auto",
+        metavar="CHOICE",
+        help="with --tools: auto (default), none, required, or a tool's name to force its call",
+    )
     parser.set_defaults(handler=_main)

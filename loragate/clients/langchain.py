@@ -1,9 +1,12 @@
 """LangChain on a loragate gateway (needs the `clients` extra).
 
-`gateway_chat_model(persona)` is a `ChatOpenAI` (invoke, stream, batch, with_structured_output)
-whose persona is chosen per instance, or per call with `persona=`. `GatewayLLM` is the tutorial's
-LangChain `LLM` class (`llm.invoke("你好")`), now a thin HTTP client instead of a model loaded
-into the caller's process.
+`gateway_chat_model(persona)` is a `ChatOpenAI` (invoke, stream, batch, bind_tools,
+with_structured_output, by JSON schema or `method="function_calling"`) whose persona is chosen
+per instance, or per call with `persona=`; the gateway serves OpenAI's tool calling, so
+`bind_tools(tools, tool_choice=<a tool's name> | "any" | "auto")` is ChatOpenAI's own.
+
+`GatewayLLM` is the tutorial's LangChain `LLM` class (`llm.invoke("你好")`), now a thin HTTP
+client instead of a model loaded into the caller's process.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import operator
 import signal
 import subprocess
@@ -11,10 +12,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import httpx
+import jsonschema
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
 from loragate.clients import (
@@ -152,6 +156,59 @@ def test_langchain_structured_output_with_a_persona(gateway: Gateway, persona: s
     assert served(gateway, persona) == before + 1
 
 
+class GetWeather(BaseModel):
+    """The current weather in a city."""
+
+    city: str = Field(max_length=20)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+WEATHER_QUESTION = "What is the weather in Paris?"
+
+
+def test_langchain_bind_tools_forced_on_a_persona(gateway: Gateway, persona: str) -> None:
+    chat = gateway_chat_model(persona, base_url=gateway.base_url, temperature=0, max_tokens=60)
+    bound = chat.bind_tools([GetWeather], tool_choice="GetWeather")  # a named, forced call
+    before = served(gateway, persona)
+    answer = bound.invoke(WEATHER_QUESTION)
+    assert isinstance(answer, AIMessage)
+    assert answer.response_metadata["finish_reason"] == "tool_calls"
+    (call,) = answer.tool_calls
+    assert call["name"] == "GetWeather" and call["id"]
+    GetWeather.model_validate(call["args"])
+
+    merged = functools.reduce(operator.add, bound.stream(WEATHER_QUESTION))
+    assert isinstance(merged, AIMessageChunk)
+    assert [(c["name"], c["args"]) for c in merged.tool_calls] == [(call["name"], call["args"])]
+
+    weather = chat.with_structured_output(GetWeather, method="function_calling")
+    assert isinstance(weather.invoke(WEATHER_QUESTION), GetWeather)
+    assert served(gateway, persona) == before + 3
+
+
+@tool
+def get_weather(city: str, unit: Literal["celsius", "fahrenheit"]) -> str:
+    """The current weather in a city."""
+    return f"Sunny and 21 degrees {unit} in {city}."
+
+
+def test_langchain_tool_round_trip_with_the_persona_per_call(
+    gateway: Gateway, persona: str
+) -> None:
+    chat = gateway_chat_model(base_url=gateway.base_url, temperature=0, max_tokens=60)
+    # "any" is LangChain's word for OpenAI's "required"; one call, not parallel ones.
+    bound = chat.bind_tools([get_weather], tool_choice="any", parallel_tool_calls=False)
+    question = HumanMessage(WEATHER_QUESTION)
+    asked = bound.invoke([question], persona=persona)
+    assert isinstance(asked, AIMessage)
+    assert asked.response_metadata["model_name"] == persona
+    (call,) = asked.tool_calls
+    result = get_weather.invoke(call)  # the tool validates its arguments: a ToolMessage
+    assert result.tool_call_id == call["id"] and "Sunny" in result.content
+    final = chat.invoke([question, asked, result], persona=persona)
+    assert isinstance(final.content, str) and final.content and not final.tool_calls
+
+
 def test_tutorial_llm_class_over_http(gateway: Gateway, persona: str) -> None:
     llm = LLaMA3_1_LLM(base_url=gateway.base_url, max_tokens=24, temperature=0)
     assert isinstance(llm, GatewayLLM)
@@ -204,6 +261,30 @@ def test_terminal_chat_as_a_command(gateway: Gateway, persona: str) -> None:
     assert f"(now talking to {persona})" in out and f"{persona}> " in out
     assert "unknown persona 'no-such-persona'" in out
     assert "(conversation cleared)" in out
+
+
+def test_terminal_chat_shows_a_forced_tool_call(gateway: Gateway, tmp_path: Path) -> None:
+    weather = GetWeather.model_json_schema()
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": weather}}]
+    (tmp_path / "tools.json").write_text(json.dumps(tools))
+    typed = "\n".join([WEATHER_QUESTION, '/result {"sky": "clear", "degrees": 21}', "/quit"])
+    args = ["--base-url", gateway.base_url, "--temperature", "0", "--max-tokens", "40"]
+    tool_args = ["--tools", str(tmp_path / "tools.json"), "--tool-choice", "get_weather"]
+    done = subprocess.run(
+        [sys.executable, "-m", "loragate.cli", "chat", *args, *tool_args],
+        input=typed,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    assert "(tools offered: get_weather; tool_choice get_weather)" in lines
+    prefix = f"you> {BASE_MODEL}> [tool call] get_weather("
+    (shown,) = [line for line in lines if line.startswith(prefix)]
+    jsonschema.validate(json.loads(shown.removeprefix(prefix).removesuffix(")")), weather)
+    answer = lines[lines.index(shown) + 2]  # after the hint: the reply to the result
+    assert answer.startswith(f"you> {BASE_MODEL}> ")
 
 
 def test_terminal_chat_keeps_history_and_reports_errors(gateway: Gateway) -> None:

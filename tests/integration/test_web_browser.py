@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
@@ -235,6 +236,67 @@ def test_error_event_in_the_middle_of_a_stream(page: Page) -> None:
     assert last_reply(page).locator(".bubble").text_content() == "Half a repl"
     assert page.locator(".note.error").last.text_content() == "The engine failed mid-reply"
     shot(page, "07-error-mid-stream")
+
+
+WEATHER: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+
+
+def test_a_forced_tool_call_is_shown(page: Page) -> None:
+    bodies: list[dict[str, Any]] = []
+    page.on(
+        "request",
+        lambda r: (
+            bodies.append(json.loads(r.post_data or "{}"))
+            if r.url.endswith("/v1/chat/completions")
+            else None
+        ),
+    )
+    page.fill("#tools", "[{not json")
+    send(page, "What is the weather in Paris?")
+    assert "Tools in the settings: not JSON" in (page.locator(".note.error").text_content() or "")
+    assert page.locator(".msg").count() == 0 and not bodies  # nothing sent
+
+    page.fill("#tools", json.dumps(TOOLS, indent=2))
+    assert page.text_content("#tools-status") == "Offered: get_weather"
+    page.select_option("#tool-choice", "get_weather")  # forced: the call is certain
+    page.fill("#max-tokens", "60")
+    send(page, "What is the weather in Paris?")
+    page.wait_for_selector('.msg.assistant[data-state="done"] .tool-call', timeout=REPLY_TIMEOUT_MS)
+    reply = last_reply(page)
+    assert reply.locator(".tool-name").all_text_contents() == ["get_weather"]
+    shown = reply.locator(".tool-args").text_content() or ""
+    arguments = json.loads(shown)
+    jsonschema.validate(arguments, WEATHER)
+    assert shown == json.dumps(arguments, indent=2)  # pretty-printed once complete
+    assert not reply.locator(".bubble").is_visible()  # no text: only the call
+    assert "tool call" in (reply.locator(".meta").text_content() or "")
+    assert bodies[-1]["tools"] == TOOLS
+    assert bodies[-1]["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    shot(page, "10-tool-call")
+
+    # The next turn carries the call in the history; with tool choice none, the reply is text.
+    page.select_option("#tool-choice", "none")
+    send(page, "Thank you.")
+    finished = '.msg.assistant:is([data-state="done"], [data-state="length"])'
+    page.locator(finished).nth(1).wait_for(timeout=REPLY_TIMEOUT_MS)
+    messages = bodies[-1]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    (call,) = messages[1]["tool_calls"]
+    assert call["id"] and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == arguments
+    assert bodies[-1]["tool_choice"] == "none"
+    assert last_reply(page).locator(".tool-call").count() == 0
+    assert last_reply(page).locator(".bubble").text_content()
+    shot(page, "11-after-a-tool-call")
 
 
 def test_phone_sized_screen(browser: Browser, gateway: Gateway) -> None:

@@ -11,12 +11,14 @@ const els = {
   temperature: $("temperature"), temperatureNumber: $("temperature-number"),
   topP: $("top-p"), topPNumber: $("top-p-number"), maxTokens: $("max-tokens"),
   ignoreEos: $("ignore-eos"), apiKey: $("api-key"), resetSettings: $("reset-settings"),
+  tools: $("tools"), toolChoice: $("tool-choice"), toolsStatus: $("tools-status"),
 };
+const TOOL_MODES = ["auto", "required", "none"];
 const FALLBACK_DEFAULTS = { temperature: 0.7, top_p: 0.9, max_tokens: 512 };
 const state = {
   baseModel: null,  // the served base model's name
   personas: new Map(),  // name -> PersonaInfo (or a card from /v1/models)
-  history: [],  // [{role, content}] sent with every request
+  history: [],  // [{role, content, tool_calls?}] sent with every request
   controller: null,  // AbortController of the reply being streamed
 };
 
@@ -185,7 +187,87 @@ function requestBody() {
     if (value !== null) body[field] = value;
   }
   if (els.ignoreEos.checked) body.ignore_eos = true;
+  const offer = toolOffer();
+  if (offer.tools.length) {
+    body.tools = offer.tools;
+    const choice = els.toolChoice.value;
+    body.tool_choice = TOOL_MODES.includes(choice) ? choice : { type: "function", function: { name: choice } };
+  }
   return body;
+}
+
+// ---- tools: offered to the model, their calls shown (never run) ----------------------------
+
+// The settings' tools: a JSON list of OpenAI function tools, or empty for none.
+function toolOffer() {
+  const text = els.tools.value.trim();
+  if (!text) return { tools: [], error: null };
+  let tools;
+  try { tools = JSON.parse(text); } catch (err) { return { tools: [], error: `not JSON (${err.message})` }; }
+  if (!Array.isArray(tools)) tools = [tools];
+  const named = tools.every((t) => t && t.type === "function" && t.function && t.function.name);
+  if (!named) return { tools: [], error: 'each tool is {"type": "function", "function": {"name": ..., "parameters": {...}}}' };
+  return { tools, error: null };
+}
+
+function showTools() {
+  const { tools, error } = toolOffer();
+  const wanted = els.toolChoice.value || localStorage.getItem("loragate.toolChoice") || "auto";
+  els.toolChoice.replaceChildren(...TOOL_MODES.map((m) => new Option(m, m)));
+  for (const t of tools) els.toolChoice.append(new Option(`call ${t.function.name}`, t.function.name));
+  const choices = [...els.toolChoice.options].map((o) => o.value);
+  els.toolChoice.value = choices.includes(wanted) ? wanted : "auto";
+  els.toolChoice.disabled = !tools.length;
+  els.toolsStatus.classList.toggle("invalid", Boolean(error));
+  els.toolsStatus.textContent = error ? `Tools: ${error}`
+    : tools.length ? `Offered: ${tools.map((t) => t.function.name).join(", ")}` : "None offered";
+}
+
+// Adds one chunk's call deltas to `calls` (the id and name come with a call's first piece).
+function gatherCalls(calls, pieces) {
+  for (const piece of pieces) {
+    const call = calls[piece.index] || (calls[piece.index] = { id: "", name: "", arguments: "" });
+    call.id = call.id || piece.id || "";
+    if (piece.function) {
+      call.name = call.name || piece.function.name || "";
+      call.arguments += piece.function.arguments || "";
+    }
+  }
+}
+
+function prettyArguments(text) {
+  try { return JSON.stringify(JSON.parse(text), null, 2); } catch { return text; }
+}
+
+// Each call of the reply as its own block under the text: the function's name, its arguments.
+function renderCalls(reply, calls, done) {
+  if (!reply.calls) {
+    reply.calls = document.createElement("div");
+    reply.calls.className = "tool-calls";
+    reply.bubble.after(reply.calls);
+  }
+  const list = calls.filter(Boolean);
+  while (reply.calls.children.length < list.length) {
+    const block = document.createElement("div");
+    block.className = "tool-call";
+    const head = document.createElement("div");
+    head.className = "tool-call-head";
+    const label = document.createElement("span");
+    label.textContent = "Tool call";
+    const name = document.createElement("code");
+    name.className = "tool-name";
+    const args = document.createElement("pre");
+    args.className = "tool-args";
+    head.append(label, name);
+    block.append(head, args);
+    reply.calls.append(block);
+  }
+  list.forEach((call, i) => {
+    const block = reply.calls.children[i];
+    block.querySelector(".tool-name").textContent = call.name;
+    block.querySelector(".tool-args").textContent = done ? prettyArguments(call.arguments) : call.arguments;
+  });
+  reply.bubble.hidden = !reply.bubble.textContent && list.length > 0;
 }
 
 // ---- the conversation ------------------------------------------------------------------------
@@ -248,12 +330,19 @@ function setBusy(busy) {
 
 async function sendMessage(text) {
   if (state.controller || !text.trim() || !els.persona.value) return;
+  const offer = toolOffer();
+  if (offer.error) {
+    addNote(`Tools in the settings: ${offer.error}`, "error");
+    openSettings(true);
+    return;
+  }
   const user = addMessage("user", text);
   state.history.push({ role: "user", content: text });
   const reply = addMessage("assistant", "");
   reply.row.dataset.state = "waiting";
   const started = performance.now();
   let content = "", usage = null, finish = null;
+  const calls = [];
   state.controller = new AbortController();
   setBusy(true);
   try {
@@ -273,12 +362,17 @@ async function sendMessage(text) {
         reply.bubble.textContent = content;
         scrollToEnd(false);
       }
+      if (choice.delta && choice.delta.tool_calls) {
+        gatherCalls(calls, choice.delta.tool_calls);
+        renderCalls(reply, calls, false);
+        scrollToEnd(false);
+      }
     });
-    finishReply(reply, content, finish === "length" ? "length" : "done", usage, started);
+    finishReply(reply, content, finish === "length" ? "length" : "done", usage, started, calls);
     loadPersonas().catch(() => {});  // fresh counters (requests served) in the persona card
   } catch (err) {
     if (err.name === "AbortError") {
-      finishReply(reply, content, "stopped", usage, started);
+      finishReply(reply, content, "stopped", usage, started, calls);
     } else {
       failReply(user, reply, content, err);
     }
@@ -289,14 +383,23 @@ async function sendMessage(text) {
   }
 }
 
-function finishReply(reply, content, how, usage, started) {
+function finishReply(reply, content, how, usage, started, calls = []) {
   reply.row.dataset.state = how;
-  state.history.push({ role: "assistant", content });
-  if (!content) reply.bubble.textContent = how === "stopped" ? "(stopped)" : "(no reply)";
+  const made = calls.filter(Boolean);
+  // A call cut short (stopped, or at max tokens) is shown but not kept: its arguments are partial.
+  if (made.length && how === "done") {
+    const toolCalls = made.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
+    state.history.push({ role: "assistant", content: content || null, tool_calls: toolCalls });
+  } else {
+    state.history.push({ role: "assistant", content });
+  }
+  if (made.length) renderCalls(reply, calls, true);
+  else if (!content) reply.bubble.textContent = how === "stopped" ? "(stopped)" : "(no reply)";
   const seconds = (performance.now() - started) / 1000;
   const parts = [];
   if (usage) parts.push(`${usage.completion_tokens} tokens`, `${(usage.completion_tokens / seconds).toFixed(1)} tok/s`);
   else parts.push(`${seconds.toFixed(1)} s`);
+  if (made.length) parts.push(made.length === 1 ? "tool call" : `${made.length} tool calls`);
   if (how === "stopped") parts.push("stopped");
   if (how === "length") parts.push("max tokens reached");
   setMeta(reply, parts.join(" · "));
@@ -363,6 +466,13 @@ function wire() {
   els.closeSettings.addEventListener("click", () => openSettings(false));
   els.backdrop.addEventListener("click", () => openSettings(false));
   els.resetSettings.addEventListener("click", () => applySettings(currentPersona()));
+  els.tools.value = localStorage.getItem("loragate.tools") || "";
+  els.tools.addEventListener("input", () => {
+    localStorage.setItem("loragate.tools", els.tools.value);
+    showTools();
+  });
+  els.toolChoice.addEventListener("change", () => localStorage.setItem("loragate.toolChoice", els.toolChoice.value));
+  showTools();
   els.apiKey.value = localStorage.getItem("loragate.apiKey") || "";
   els.apiKey.addEventListener("change", () => {
     localStorage.setItem("loragate.apiKey", els.apiKey.value.trim());
