@@ -58,17 +58,18 @@ def persona(gateway: Gateway, workspace: Path) -> Iterator[str]:
 
 
 def forced(client: openai.OpenAI, model: str, tool_choice: Any) -> Any:
+    # One call: with parallel calls allowed, a small model appends calls until max_tokens.
     return client.chat.completions.create(
-        model=model, messages=QUESTION, tools=TOOLS, tool_choice=tool_choice, max_tokens=60,
-        temperature=0,
+        model=model, messages=QUESTION, tools=TOOLS, tool_choice=tool_choice, max_tokens=100,
+        temperature=0, parallel_tool_calls=False,
     )  # fmt: skip
 
 
 def streamed(client: openai.OpenAI, model: str, tool_choice: Any) -> list[dict[str, str]]:
     calls: dict[int, dict[str, str]] = {}
     stream = client.chat.completions.create(
-        model=model, messages=QUESTION, tools=TOOLS, tool_choice=tool_choice, max_tokens=60,
-        temperature=0, stream=True,
+        model=model, messages=QUESTION, tools=TOOLS, tool_choice=tool_choice, max_tokens=100,
+        temperature=0, parallel_tool_calls=False, stream=True,
     )  # fmt: skip
     for chunk in stream:
         for piece in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
