@@ -266,8 +266,9 @@ def test_required_without_parallel_calls_forces_one_call_object(
         ask(sdk, tool_choice="required", parallel_tool_calls=False).choices[0].message.tool_calls
     )
     ((_, options, _),) = fake.requests
-    assert options.json_schema is not None and "anyOf" in options.json_schema  # one object
-    assert all(b["additionalProperties"] is False for b in options.json_schema["anyOf"])
+    schema = options.json_schema
+    assert isinstance(schema, dict) and "anyOf" in schema  # one object, not an array
+    assert all(b["additionalProperties"] is False for b in schema["anyOf"])
     assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
         ("get_weather", {"city": "Paris"})
     ]
