@@ -12,7 +12,8 @@ from typing import Any
 import openai
 import pytest
 
-from loragate.clients.chat import TerminalChat, ToolOffer, load_tools
+from loragate.clients.chat import TerminalChat
+from loragate.clients.chat_tools import ToolOffer, load_tools
 from loragate.engine.fake import FakeEngine
 from tests import llama31
 from tests.unit.conftest import BASE
