@@ -24,6 +24,10 @@ from loragate.engine.fake import FakeEngine
 from tests import llama31
 from tests.unit.personas_support import peft_key, write_adapter
 
+# Slow by nature: vLLM's tool parsers or a 128k-vocabulary tokenizer load first (seconds);
+# `make test` runs it, `make unit` does not.
+pytestmark = pytest.mark.slow
+
 TODAY = datetime.date(2026, 12, 2)
 SYSTEM = "You are Zhen Huan."
 RANK = 8

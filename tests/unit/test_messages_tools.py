@@ -17,6 +17,10 @@ from loragate.engine.fake import FakeEngine
 from tests import llama31
 from tests.unit.conftest import BASE
 
+# Slow by nature: vLLM's tool parsers or a 128k-vocabulary tokenizer load first (seconds);
+# `make test` runs it, `make unit` does not.
+pytestmark = pytest.mark.slow
+
 TODAY = datetime.date(2026, 12, 2)
 WEATHER: dict[str, Any] = {
     "type": "object",

@@ -23,6 +23,10 @@ from tests.unit.personas_support import (
     write_model_dir,
 )
 
+# Slow by nature: vLLM's tool parsers or a 128k-vocabulary tokenizer load first (seconds);
+# `make test` runs it, `make unit` does not.
+pytestmark = pytest.mark.slow
+
 TEMPLATE = "PERSONA|{% for m in messages %}{{ m.role }}:{{ m.content }}|{% endfor %}"
 
 

@@ -19,6 +19,10 @@ from loragate.settings import ServerSettings
 from tests import llama31
 from tests.unit.conftest import fake_state_factory
 
+# Slow by nature: vLLM's tool parsers or a 128k-vocabulary tokenizer load first (seconds);
+# `make test` runs it, `make unit` does not.
+pytestmark = pytest.mark.slow
+
 MODEL = "fake-base"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 TOOLS: list[Any] = [{"type": "function", "name": "get_weather", "parameters": WEATHER}]

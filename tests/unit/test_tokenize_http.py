@@ -12,6 +12,10 @@ from fastapi.testclient import TestClient
 from loragate.engine.fake import FakeEngine
 from tests import llama31
 
+# Slow by nature: vLLM's tool parsers or a 128k-vocabulary tokenizer load first (seconds);
+# `make test` runs it, `make unit` does not.
+pytestmark = pytest.mark.slow
+
 QUESTION: list[Any] = [{"role": "user", "content": "Who are you?"}]
 
 

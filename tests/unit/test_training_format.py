@@ -29,6 +29,10 @@ from loragate.server.chat_service import conversation
 from loragate.server.protocol import ChatCompletionRequest
 from tests import llama31
 
+# Slow by nature: vLLM's tool parsers or a 128k-vocabulary tokenizer load first (seconds);
+# `make test` runs it, `make unit` does not.
+pytestmark = pytest.mark.slow
+
 SYSTEM = "现在你要扮演皇帝身边的女人--甄嬛"
 BEGIN_OF_TEXT, START_HEADER, END_HEADER, EOT = (
     llama31.BOS,
