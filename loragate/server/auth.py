@@ -10,7 +10,7 @@ from loragate.server.errors import AuthenticationError
 from loragate.server.state import settings
 
 
-def _presented_key(request: Request) -> str | None:
+def presented_key(request: Request) -> str | None:
     """The bearer token, or the `x-api-key` header that Anthropic's clients send."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -20,7 +20,7 @@ def _presented_key(request: Request) -> str | None:
 def _check(request: Request, expected: str | None, what: str) -> None:
     if expected is None:
         return
-    given = _presented_key(request)
+    given = presented_key(request)
     if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
         raise AuthenticationError(
             f"Incorrect or missing {what}: send 'Authorization: Bearer <key>' or "

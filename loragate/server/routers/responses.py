@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from loragate.adapters.targets import ModelTarget
-from loragate.server.auth import require_api_key
+from loragate.server.auth import presented_key, require_api_key
 from loragate.server.chat_service import (
     PreparedChat,
     chat_completion,
@@ -41,11 +41,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-def _presented_key(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key")
-
-
 def _not_found(response_id: str) -> NotFoundError:
     error = NotFoundError(f"No response with id '{response_id[:200]}'.", param="response_id")
     error.type = "invalid_request_error"
@@ -55,7 +50,7 @@ def _not_found(response_id: str) -> NotFoundError:
 @router.post("/v1/responses", response_model=None, responses=GENERATION)
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     state = app_state(request)
-    store, owner = state.responses, owner_of(_presented_key(request))
+    store, owner = state.responses, owner_of(presented_key(request))
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
         previous = await asyncio.to_thread(store.get, owner, body.previous_response_id)
@@ -121,7 +116,7 @@ async def _keep(
 @router.get("/v1/responses/{response_id}", response_model=None, responses=errors(401, 404))
 async def get_response(response_id: str, request: Request) -> dict[str, Any]:
     store = app_state(request).responses
-    found = await asyncio.to_thread(store.get, owner_of(_presented_key(request)), response_id)
+    found = await asyncio.to_thread(store.get, owner_of(presented_key(request)), response_id)
     if found is None:
         raise _not_found(response_id)
     return found.body
@@ -130,7 +125,7 @@ async def get_response(response_id: str, request: Request) -> dict[str, Any]:
 @router.delete("/v1/responses/{response_id}", responses=errors(401, 404))
 async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
     store = app_state(request).responses
-    owner = owner_of(_presented_key(request))
+    owner = owner_of(presented_key(request))
     if not await asyncio.to_thread(store.delete, owner, response_id):
         raise _not_found(response_id)
     return {"id": response_id, "object": "response", "deleted": True}
