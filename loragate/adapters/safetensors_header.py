@@ -34,6 +34,7 @@ class BrokenSafetensorsError(ValueError):
 class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
+    span: tuple[int, int]  # where its bytes lie in the file: [begin, end)
 
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
@@ -49,7 +50,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         raise BrokenSafetensorsError("the header is not a JSON object")
     data_len = size - 8 - header_len
     return {
-        name: _tensor(name, entry, data_len)
+        name: _tensor(name, entry, data_len, 8 + header_len)
         for name, entry in header.items()
         if name != "__metadata__"
     }
@@ -74,7 +75,7 @@ def _read_raw_header(path: Path) -> tuple[int, int, bytes]:
         return size, header_len, f.read(header_len)
 
 
-def _tensor(name: str, entry: object, data_len: int) -> TensorInfo:
+def _tensor(name: str, entry: object, data_len: int, data_start: int) -> TensorInfo:
     if not isinstance(entry, dict) or not _well_formed(entry):
         raise BrokenSafetensorsError(f"tensor '{name}' has a malformed header entry")
     dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
@@ -91,7 +92,7 @@ def _tensor(name: str, entry: object, data_len: int) -> TensorInfo:
             f"tensor '{name}' ends at byte {end} of the data but the file holds only "
             f"{data_len} (truncated)"
         )
-    return TensorInfo(dtype, tuple(shape))
+    return TensorInfo(dtype, tuple(shape), (data_start + begin, data_start + end))
 
 
 def _well_formed(entry: dict[str, object]) -> bool:

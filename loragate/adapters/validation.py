@@ -18,7 +18,11 @@ from loragate.adapters.confinement import AdapterRoots
 from loragate.adapters.errors import AdapterValidationError
 from loragate.adapters.manifest import ADAPTER_CONFIG, LORA_TARGET_MODULES
 from loragate.adapters.numerics import non_finite_tensor, scale_problem
-from loragate.adapters.safetensors_header import BrokenSafetensorsError, read_header
+from loragate.adapters.safetensors_header import (
+    BrokenSafetensorsError,
+    TensorInfo,
+    read_header,
+)
 from loragate.adapters.untrusted import UntrustedFileError, parse_json, read_capped
 from loragate.settings import LORA_RANKS
 
@@ -96,8 +100,9 @@ def validate_adapter(
         raise AdapterValidationError(f"{where} is refused: {problem} in {ADAPTER_CONFIG}.")
     _check_target_modules(config.get("target_modules"), where)
     weights = roots.confine_file(adapter_dir / WEIGHTS_FILE)
-    modules = _check_weights(weights, where, shape, max_rank)
-    _check_finite(weights, where)
+    tensors = _read_tensors(weights, where)
+    modules = _check_weights(tensors, where, shape, max_rank)
+    _check_finite(weights, tensors, where)
     warnings = []
     trained_on = config.get("base_model_name_or_path")
     if trained_on and not _same_model(str(trained_on), base_names):
@@ -189,7 +194,7 @@ def _check_target_modules(targets: Any, where: str) -> None:
         )
 
 
-def _check_weights(weights: Path, where: str, shape: ModelShape, max_rank: int) -> tuple[str, ...]:
+def _read_tensors(weights: Path, where: str) -> dict[str, TensorInfo]:
     if not weights.is_file():
         pickled = weights.with_suffix(".bin").is_file()
         hint = (
@@ -205,6 +210,12 @@ def _check_weights(weights: Path, where: str, shape: ModelShape, max_rank: int) 
         raise AdapterValidationError(f"{where}: {WEIGHTS_FILE} is broken: {exc}.") from exc
     if not tensors:
         raise AdapterValidationError(f"{where}: {WEIGHTS_FILE} holds no LoRA weights.")
+    return tensors
+
+
+def _check_weights(
+    tensors: dict[str, TensorInfo], where: str, shape: ModelShape, max_rank: int
+) -> tuple[str, ...]:
     pairs: dict[tuple[int, str], dict[str, tuple[int, ...]]] = {}
     for name, info in tensors.items():
         match = _TENSOR_KEY.match(name)
@@ -257,13 +268,8 @@ def _check_pair(
         )
 
 
-def _check_finite(weights: Path, where: str) -> None:
-    from safetensors import SafetensorError
-
-    try:
-        problem = non_finite_tensor(weights)
-    except SafetensorError as exc:
-        raise AdapterValidationError(f"{where}: {WEIGHTS_FILE} is broken: {exc}.") from exc
+def _check_finite(weights: Path, tensors: dict[str, TensorInfo], where: str) -> None:
+    problem = non_finite_tensor(weights, tensors)
     if problem is not None:
         raise AdapterValidationError(
             f"{where} is refused: in {WEIGHTS_FILE}, {problem} (NaN or Inf weights make every "

@@ -18,6 +18,9 @@ from loragate.engine.fake import FakeEngine
 from tests import llama31
 from tests.unit.conftest import BASE
 
+# Llama-3.1's 128k-vocabulary tokenizer and vLLM's tool parsers take about 20 s to load.
+pytestmark = pytest.mark.slow
+
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 TOOLS: list[Any] = [
     {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},

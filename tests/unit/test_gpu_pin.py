@@ -218,7 +218,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def index() -> Iterator[_Index]:
     server = _Index(("127.0.0.1", 0), _Handler)
     server.files, server.ranges, server.seen_ranges = {}, True, []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield server
     server.shutdown()
