@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import socket
+import sys
+from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from loragate.server.app import create_app
 from loragate.server.connections import with_header_timeout
+from loragate.server.lifecycle import Lifecycle
 from loragate.server.observability import configure_logging
 from loragate.settings import ServerSettings
 
@@ -35,13 +40,38 @@ def listening_sockets(settings: ServerSettings) -> list[socket.socket]:
     return sockets
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but SIGTERM or SIGINT drains the app first (loragate.server.lifecycle) and the
+    process then exits with the lifecycle's code, 0 after a drain. A second signal stops at once,
+    as uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle):
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        lifecycle.serve_with(self._stop)
+        self._drain: asyncio.Task[None] | None = None
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain is not None or self.should_exit:
+            super().handle_exit(sig, frame)  # the second signal: uvicorn's own, at once
+            return
+        logger.info("%s received: draining", signal.Signals(sig).name)
+        # A signal handler runs between two steps of the event loop, in its thread.
+        self._drain = asyncio.get_event_loop().create_task(self.lifecycle.drain())
+
+
 def run_server(settings: ServerSettings) -> None:
     configure_logging(settings.log_level)
-    serve_app(create_app(settings), settings)
+    app = create_app(settings)
+    serve_app(app, settings, app.state.lifecycle)
 
 
-def serve_app(app: ASGIApp, settings: ServerSettings) -> None:
-    """Serve `app` on the settings' ports (the benchmark's instant-engine server uses it too)."""
+def serve_app(app: ASGIApp, settings: ServerSettings, lifecycle: Lifecycle | None = None) -> None:
+    """Serve `app` on the settings' ports (the benchmark's instant-engine server uses it too);
+    with its `lifecycle`, a signal drains it, and the process exits with the lifecycle's code."""
     sockets = listening_sockets(settings)
     config = uvicorn.Config(
         app,
@@ -56,4 +86,9 @@ def serve_app(app: ASGIApp, settings: ServerSettings) -> None:
     logger.info("listening on %s port(s) %s", settings.host, ports)
     # Server.run, not asyncio.run(serve()): it builds uvicorn's event loop (uvloop when
     # installed, as with the `uvicorn` command); asyncio.run would always use the slower default.
-    uvicorn.Server(config).run(sockets=sockets)
+    if lifecycle is None:
+        uvicorn.Server(config).run(sockets=sockets)
+        return
+    DrainingServer(config, lifecycle).run(sockets=sockets)
+    if lifecycle.exit_code:
+        sys.exit(lifecycle.exit_code)

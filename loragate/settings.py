@@ -145,6 +145,33 @@ class EngineSettings(_LoragateSettings):
         description="Sequences per engine batch. Default: 64 on the CPU; vLLM's OpenAI server's "
         "on a GPU (256, or 1024 on 80 GB cards other than the A100).",
     )
+    max_waiting_requests: int | None = Field(
+        default=None,
+        ge=0,
+        description="Requests that may wait for a place in the engine's batch (max_num_seqs "
+        "run at once); beyond them 429 with Retry-After. Default: max_num_seqs, one more batch.",
+    )
+    on_engine_death: Literal["restart", "exit"] = Field(
+        default="restart",
+        description="When the engine dies (its process killed, an engine error, a step hung "
+        "past --engine-watchdog-timeout): restart it in place, personas reloaded, or exit "
+        "non-zero at once as vLLM's server does, for a supervisor to restart.",
+    )
+    max_engine_restarts: int = Field(
+        default=3,
+        ge=0,
+        description="Engine restarts allowed within --engine-restart-window; one more death "
+        "and the process exits non-zero.",
+    )
+    engine_restart_window: float = Field(
+        default=600.0, gt=0, description="Seconds over which --max-engine-restarts counts."
+    )
+    engine_watchdog_timeout: float = Field(
+        default=120.0,
+        ge=0,
+        description="Seconds the engine may hold requests without producing a token before it "
+        "is taken for hung and restarted; 0 off.",
+    )
     seed: int = Field(default=0, description="Engine random seed.")
     enforce_eager: bool = Field(
         default=False, description="Disable CUDA graphs / compilation (faster start, slower run)."
@@ -265,6 +292,18 @@ class ServerSettings(EngineSettings):
         default=1024,
         ge=1,
         description="Concurrent connections and requests; beyond it new ones get 503.",
+    )
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM or SIGINT: seconds the requests in flight have to finish (new "
+        "ones get 503) before the rest are ended with an error and the server exits.",
+    )
+    request_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a generation request may take in all, queueing included; beyond "
+        "it 504 (an error event in a stream). Default: no limit.",
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,

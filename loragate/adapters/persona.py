@@ -95,6 +95,10 @@ class Persona:
         """Taken out of the engine to make room: loaded again on its next request."""
         self._move("registered", frm=("loaded",))
 
+    def lost(self) -> None:
+        """Its engine died (while it loaded, or held it): loaded again into the next one."""
+        self._move("registered", frm=("loading", "loaded"))
+
     def retire(self) -> None:
         """Unpublished (replaced or deleted): it serves the requests it has, then leaves."""
         self._move("retired", frm=("registered", "loading", "loaded", "failed"))

@@ -24,6 +24,7 @@ from openai.types import Model
 
 from loragate.adapters.confinement import AdapterRoots
 from loragate.adapters.errors import (
+    PersonaError,
     PersonaExistsError,
     PersonaNotFoundError,
     PersonaUnavailableError,
@@ -39,7 +40,7 @@ from loragate.adapters.persona_flags import default_roots
 from loragate.adapters.residency import Residency
 from loragate.adapters.targets import ModelTarget, base_model_card
 from loragate.adapters.validation import ModelShape
-from loragate.engine.protocol import Engine
+from loragate.engine.protocol import Engine, EngineDeadError
 from loragate.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,20 @@ class PersonaRegistry:
                         await self._load(persona)
                 except PersonaUnavailableError as exc:
                     logger.error("preloading persona '%s' failed: %s", persona.name, exc.message)
+
+    async def engine_replaced(self) -> None:
+        """A new engine took the dead one's place: what it held is loaded into the new one."""
+        for persona in self._residency.forget_all():
+            if self._current.get(persona.name) is not persona:
+                continue  # replaced or deleted meanwhile
+            try:
+                async with self._locks[persona.name]:
+                    if persona.state == "registered":
+                        await self._load(persona)
+            except PersonaError as exc:
+                logger.error("reloading persona '%s' failed: %s", persona.name, exc.message)
+            except EngineDeadError:
+                return  # dead again: the next engine gets them, on their next requests
 
     async def close(self) -> None:
         tasks = [t for ts in self._draining.values() for t in ts]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from loragate.adapters.errors import AdapterStillLoadedError, PersonaUnavailableError
 from loragate.adapters.persona import Persona
-from loragate.engine.protocol import Engine
+from loragate.engine.protocol import Engine, EngineDeadError
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ class Residency:
         started = time.monotonic()
         try:
             await self._engine.add_adapter(adapter)
+        except EngineDeadError:  # the engine's failure, not the adapter's
+            persona.lost()
+            self._loaded.pop(adapter.int_id, None)
+            raise
         except Exception as exc:
             persona.fail(f"the engine refused the adapter: {exc}")
             self._loaded.pop(adapter.int_id, None)
@@ -52,6 +56,15 @@ class Residency:
         persona.finish_loading(round(time.monotonic() - started, 4))
         logger.info("persona '%s' %s loaded in %.3f s (adapter id %d)",
                     persona.name, persona.version, persona.load_time_s, adapter.int_id)  # fmt: skip
+
+    def forget_all(self) -> list[Persona]:
+        """The engine was replaced and holds nothing: the personas it held, least recently
+        used first, each registered again (to be loaded into the new one)."""
+        held = [p for p in self._loaded.values() if p.state in ("loading", "loaded")]
+        for persona in held:
+            persona.lost()
+        self._loaded.clear()
+        return held
 
     async def release(self, persona: Persona) -> None:
         """Take a retired version out of the engine (once its requests are done)."""

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loragate.engine.protocol import EngineDeadError, EngineRequestError
+from loragate.engine.protocol import EngineDeadError, EngineRequestError, RequestAbortedError
 from loragate.engine.types import (
     AdapterRef,
     ChoiceDelta,
@@ -59,6 +59,7 @@ Step = str | Hold | Die
 class FakeEngine:
     max_model_len: int = 4096
     max_lora_rank: int = 16
+    max_num_seqs: int = 64
     default_reply: tuple[str, ...] = ("Hello", " world")
     script: deque[list[Step]] = field(default_factory=deque)
     requests: list[tuple[list[int], SamplingOptions, AdapterRef | None]] = field(
@@ -66,6 +67,8 @@ class FakeEngine:
     )
     running: set[str] = field(default_factory=set)
     aborted: list[str] = field(default_factory=list)
+    # A held request's way out: abort() or shutdown() sets its event (see Hold).
+    _ends: dict[str, tuple[asyncio.Event, type[EngineDeadError]]] = field(default_factory=dict)
     adapters: dict[int, AdapterRef] = field(default_factory=dict)
     dead: bool = False
     # A tiny Llama's dimensions, for adapter shape checks.
@@ -108,26 +111,35 @@ class FakeEngine:
         self.requests.append((prompt_token_ids, options, adapter))
         steps: list[Step] = self.script.popleft() if self.script else list(self.default_reply)
         self.running.add(request_id)
+        ended = asyncio.Event()
+        self._ends[request_id] = (ended, RequestAbortedError)
         try:
-            async for update in self._play(prompt_token_ids, options, steps):
+            async for update in self._play(prompt_token_ids, options, steps, ended):
                 yield update
+                if ended.is_set():
+                    break
+            if ended.is_set():
+                raise self._ends[request_id][1](f"fake engine ended request {request_id}")
             self.running.discard(request_id)
         finally:
+            self._ends.pop(request_id, None)
             if request_id in self.running:
                 self.running.discard(request_id)
                 self.aborted.append(request_id)
 
     async def _play(
-        self, prompt: list[int], options: SamplingOptions, steps: list[Step]
+        self, prompt: list[int], options: SamplingOptions, steps: list[Step], ended: asyncio.Event
     ) -> AsyncGenerator[GenerationUpdate, None]:
         emitted = 0
         for step in steps:
             if isinstance(step, Hold):
                 step.reached.set()
-                await step.released.wait()
+                await _first_of(step.released, ended)
+                if ended.is_set():
+                    return
                 continue
             if isinstance(step, Die):
-                self.dead = True
+                self.kill()
                 raise EngineDeadError("fake engine died")
             emitted += 1
             done = emitted >= options.max_tokens
@@ -158,6 +170,9 @@ class FakeEngine:
         return GenerationUpdate(prompt, choices, finished=finished or finish is not None)
 
     async def abort(self, request_id: str) -> None:
+        if request_id in self._ends:
+            self._ends[request_id][0].set()
+            return  # its stream ends, and records the abort
         self.running.discard(request_id)
         self.aborted.append(request_id)
 
@@ -188,4 +203,21 @@ class FakeEngine:
             raise EngineDeadError("fake engine is dead")
 
     async def shutdown(self) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        """Dead from now on; every held request ends with EngineDeadError, as vLLM's streams
+        do when its engine core dies."""
         self.dead = True
+        for request_id, (ended, _) in list(self._ends.items()):
+            self._ends[request_id] = (ended, EngineDeadError)
+            ended.set()
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -12,6 +12,27 @@ class EngineDeadError(RuntimeError):
     """The engine cannot serve any more requests."""
 
 
+class EngineUnavailableError(EngineDeadError):
+    """The engine cannot serve now but will again: it is restarting, or the server is stopping
+    and took the request back. `retry_after`: seconds after which a retry may succeed."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineOverloadedError(RuntimeError):
+    """The engine's queue is full (--max-waiting-requests): the request was not started."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestAbortedError(EngineDeadError):
+    """The engine ended the request before its end (an abort it did not finish)."""
+
+
 class EngineRequestError(ValueError):
     """The engine refuses the request's parameters (a client error)."""
 
@@ -43,6 +64,11 @@ class Engine(Protocol):
     def max_lora_rank(self) -> int: ...
 
     @property
+    def max_num_seqs(self) -> int:
+        """Sequences the engine runs at once; more wait in its queue."""
+        ...
+
+    @property
     def vocab_size(self) -> int:
         """Token ids are below this."""
         ...
@@ -65,7 +91,8 @@ class Engine(Protocol):
         request_id: str,
         adapter: AdapterRef | None = None,
     ) -> AsyncGenerator[GenerationUpdate, None]:
-        """Yield incremental updates; closing the iterator early aborts the request."""
+        """Yield incremental updates; closing the iterator early aborts the request, and
+        `abort(request_id)` ends it with RequestAbortedError."""
         ...
 
     def check_options(self, options: SamplingOptions) -> None:

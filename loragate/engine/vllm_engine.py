@@ -14,7 +14,12 @@ from loragate.engine.engine_args import (
     detect_platform,
     server_usage_context,
 )
-from loragate.engine.protocol import ChatTokenizer, EngineDeadError, EngineRequestError
+from loragate.engine.protocol import (
+    ChatTokenizer,
+    EngineDeadError,
+    EngineRequestError,
+    RequestAbortedError,
+)
 from loragate.engine.tether import GATEWAY_PID_ENV
 from loragate.engine.types import (
     AdapterRef,
@@ -92,6 +97,8 @@ class VllmEngine:
         self._max_model_len = max_model_len
         self._max_lora_rank = max_lora_rank
         self._vocab_size = int(llm.model_config.get_vocab_size())
+        # Resolved by vLLM (its OpenAI server's default for the device, unless set).
+        self._max_num_seqs = int(llm.vllm_config.scheduler_config.max_num_seqs)
         # The config vLLM loaded (from the hub, ModelScope or a directory): no second lookup.
         self._hf_config: dict[str, Any] = llm.model_config.hf_text_config.to_dict()
         self._max_token_chars = longest_token_chars(self._tokenizer)
@@ -118,6 +125,10 @@ class VllmEngine:
     @property
     def max_lora_rank(self) -> int:
         return self._max_lora_rank
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self._max_num_seqs
 
     @property
     def vocab_size(self) -> int:
@@ -154,6 +165,9 @@ class VllmEngine:
             )
             async for output in stream:
                 finished = output.finished
+                if finished and any(c.finish_reason == "abort" for c in output.outputs):
+                    # An abort ends vLLM's stream like a finish: not a whole reply, though.
+                    raise RequestAbortedError("the engine aborted the request")
                 yield _update(output, first, options)
                 first = False
         except VllmDeadError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -12,7 +13,10 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 import loragate
+from loragate.engine.protocol import Engine
+from loragate.engine.supervisor import SupervisedEngine
 from loragate.server.errors import install_error_handlers
+from loragate.server.lifecycle import Lifecycle, TrafficGate
 from loragate.server.limits import LEGACY_ROUTES, BodyLimitMiddleware, LegacyPortMiddleware
 from loragate.server.observability import RequestIdMiddleware
 from loragate.server.openapi import EVERY_ROUTE, install_openapi
@@ -49,19 +53,25 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
 
         state_factory = vllm_state
 
+    lifecycle = Lifecycle(settings.drain_timeout, settings.request_timeout)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with state_factory(settings) as state:
             app.state.loragate = state
             logger.info("serving %s (tool parser %s)", state.catalog.base_name, state.tool_parser)
+            watch = _supervise(state.engine, lifecycle)
             try:
                 yield
             finally:
+                if watch is not None:
+                    watch.cancel()
                 state.preparer.shutdown(wait=False, cancel_futures=True)
                 if "responses" in vars(state):  # opened on first use
                     state.responses.close()
 
     app = Gateway(title="loragate", version=loragate.__version__, lifespan=lifespan)
+    app.state.lifecycle = lifecycle
     install_error_handlers(app)
     install_openapi(app)
     # Inside the request id (Gateway), so that a refusal here has one. Added innermost first.
@@ -74,8 +84,23 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
         app.add_middleware(
             LegacyPortMiddleware, legacy_port=settings.legacy_port, routes=LEGACY_ROUTES
         )
+    app.add_middleware(TrafficGate, lifecycle=lifecycle)
     app.router.routes.extend(_api_routes())
     return app
+
+
+def _supervise(engine: Engine, lifecycle: Lifecycle) -> asyncio.Task[None] | None:
+    """A supervised engine: a drain can end its requests, and its failure ends the process."""
+    if not isinstance(engine, SupervisedEngine):
+        return None
+    lifecycle.interrupt_with(engine.interrupt)
+
+    async def exit_when_failed() -> None:
+        await engine.failed.wait()
+        logger.critical("exiting: %s", engine.failure)
+        lifecycle.exit(1)
+
+    return asyncio.create_task(exit_when_failed())
 
 
 @functools.cache

@@ -8,6 +8,7 @@ InternalServerError...); Anthropic's Messages route shows the same errors in Ant
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,7 +32,12 @@ from loragate.adapters.errors import (
     PersonaUnavailableError,
     UnknownModelError,
 )
-from loragate.engine.protocol import EngineDeadError, EngineRequestError
+from loragate.engine.protocol import (
+    EngineDeadError,
+    EngineOverloadedError,
+    EngineRequestError,
+    EngineUnavailableError,
+)
 from loragate.validation_errors import first_problem
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ class GatewayError(Exception):
     status: int = 500
     type: str = "internal_error"
     code: str | None = None
+    retry_after: float | None = None  # seconds: the Retry-After header of a 429 or 503
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -51,6 +58,16 @@ class GatewayError(Exception):
 
     def envelope(self) -> dict[str, Any]:
         return error_envelope(self.message, self.type, param=self.param, code=self.code)
+
+    def headers(self) -> dict[str, str] | None:
+        if self.retry_after is None:
+            return None
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+    def response(self, body: dict[str, Any] | None = None) -> JSONResponse:
+        """This error as a response: OpenAI's envelope unless another `body` is given."""
+        content = self.envelope() if body is None else body
+        return JSONResponse(content, status_code=self.status, headers=self.headers())
 
 
 class BadRequestError(GatewayError):
@@ -78,6 +95,21 @@ class ClientClosedRequestError(GatewayError):
 
     status = 499
     type = "client_closed_request"
+
+
+class ServerStoppingError(GatewayError):
+    """The server drains before it stops: a load balancer should send the request elsewhere."""
+
+    status = 503
+    type = "service_unavailable_error"
+    code = "server_shutting_down"
+    retry_after = 5.0
+
+
+class RequestTimeoutError(GatewayError):
+    status = 504
+    type = "timeout_error"
+    code = "request_timeout"
 
 
 class PayloadTooLargeError(GatewayError):
@@ -114,6 +146,8 @@ DOMAIN_ERRORS: Mapping[type[Exception], HttpShape] = {
     EngineDeadError: HttpShape(
         503, "service_unavailable_error", "engine_unavailable", "The engine is not available: "
     ),
+    EngineUnavailableError: HttpShape(503, "service_unavailable_error", "engine_unavailable"),
+    EngineOverloadedError: HttpShape(429, "rate_limit_error", "server_overloaded"),
 }
 
 
@@ -129,6 +163,7 @@ def as_gateway_error(exc: BaseException) -> GatewayError | None:
         param=getattr(exc, "param", None),
     )
     error.status, error.type, error.code = shape.status, shape.type, shape.code
+    error.retry_after = getattr(exc, "retry_after", None)
     return error
 
 
@@ -182,7 +217,7 @@ def _validation_message(errors: Any) -> tuple[str, str | None]:
 async def _gateway_error(_: Request, exc: Exception) -> JSONResponse:
     error = as_gateway_error(exc)
     assert error is not None
-    return JSONResponse(error.envelope(), status_code=error.status)
+    return error.response()
 
 
 def validation_error(exc: RequestValidationError) -> BadRequestError:
@@ -236,6 +271,7 @@ _ANTHROPIC_TYPES = {
     429: "rate_limit_error",
     500: "api_error",
     503: "overloaded_error",  # the engine is not available: Anthropic's "try again later"
+    504: "timeout_error",
 }
 
 
@@ -262,7 +298,7 @@ def anthropic_envelope(error: GatewayError) -> dict[str, Any]:
 
 def anthropic_error_response(exc: Exception) -> JSONResponse:
     error = served_error(exc)
-    return JSONResponse(anthropic_envelope(error), status_code=error.status)
+    return error.response(anthropic_envelope(error))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -18,6 +18,8 @@ from loragate.engine.types import (
     SamplingOptions,
     TokenLogprob,
 )
+from loragate.server.errors import RequestTimeoutError
+from loragate.server.lifecycle import request_deadline
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +86,26 @@ class GenerationResult:
 async def stream_updates(
     engine: Engine, prepared: Prepared, request_id: str
 ) -> AsyncIterator[GenerationUpdate]:
-    """The engine's updates; the engine request is freed however the caller stops reading."""
+    """The engine's updates; the engine request is freed however the caller stops reading, or
+    when the request's deadline (--request-timeout) passes."""
+    deadline = request_deadline()
     async with aclosing(
         engine.generate(prepared.prompt_token_ids, prepared.options, request_id, prepared.adapter)
     ) as updates:
-        async for update in updates:
+        if deadline is None:
+            async for update in updates:
+                yield update
+            return
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):  # around the wait only, not the yield
+                    update = await anext(updates)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    "The request took longer than the server's --request-timeout."
+                ) from None
             yield update
 
 

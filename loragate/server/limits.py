@@ -13,9 +13,12 @@ from loragate.server.errors import PayloadTooLargeError, error_envelope
 LEGACY_ROUTES = frozenset({("POST", "/"), ("GET", "/health")})
 
 
-async def send_error(send: Send, status: int, body: dict[str, object]) -> None:
+async def send_error(
+    send: Send, status: int, body: dict[str, object], extra: dict[str, str] | None = None
+) -> None:
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 

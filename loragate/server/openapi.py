@@ -23,8 +23,11 @@ _ERRORS = {
     401: "A missing or wrong API key (the admin key, for the routes that change personas).",
     404: "No model, persona, adapter or asset by that name; the message lists the valid ones.",
     413: "The request body is larger than --max-request-body-bytes.",
+    429: "The engine's queue is full (--max-waiting-requests): retry after Retry-After seconds.",
     500: "An unexpected error in the gateway.",
-    503: "The engine is dead.",
+    503: "The engine is restarting (with Retry-After), or dead; or the server is draining "
+    "before it stops (with Retry-After): another replica can take the request.",
+    504: "The request took longer than --request-timeout.",
 }
 # FastAPI's own validation schemas, referenced only by the 422s taken out.
 _VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
@@ -45,7 +48,7 @@ def errors(*statuses: int) -> Responses:
 
 
 # Every route: the body limit answers before any route runs, and anything can fail.
-EVERY_ROUTE = errors(413, 500)
+EVERY_ROUTE = errors(413, 500, 503)
 # Chat and completions: a reply, or its stream of server-sent events.
 GENERATION = {
     200: {
@@ -61,7 +64,7 @@ GENERATION = {
             }
         },
     },
-    **errors(400, 401, 404, 503),
+    **errors(400, 401, 404, 429, 503, 504),
 }
 
 
@@ -85,7 +88,7 @@ MESSAGES: Responses = {
     },
     **{
         status: {"description": _ERRORS[status], "content": _ANTHROPIC_ENVELOPE}
-        for status in (400, 401, 404, 500, 503)
+        for status in (400, 401, 404, 429, 500, 503, 504)
     },
 }
 

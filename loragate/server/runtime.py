@@ -10,6 +10,7 @@ from pathlib import Path
 from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.sources import personas_running
 from loragate.adapters.targets import SamplingDefaults
+from loragate.engine.supervisor import SupervisedEngine, Supervision
 from loragate.server.state import AppState
 from loragate.settings import ServerSettings
 
@@ -32,9 +33,12 @@ async def vllm_state(settings: ServerSettings) -> AsyncIterator[AppState]:
     from loragate.engine.vllm_engine import VllmEngine
 
     model_path, served_name = resolve_model(settings)
-    engine = VllmEngine.start(settings, model_path, served_name)
+    engine = await SupervisedEngine.started(
+        lambda: VllmEngine.start(settings, model_path, served_name), Supervision.of(settings)
+    )
     try:
         registry = PersonaRegistry(settings, engine, served_name, model_path)
+        engine.on_restart(registry.engine_replaced)
         defaults = SamplingDefaults.from_mapping(engine.generation_defaults())
         async with personas_running(registry, settings):
             yield AppState(

@@ -11,6 +11,8 @@ OPENAPI = fake_openapi()
 # Anthropic's Messages API answers in Anthropic's envelope, but for the 413 of a body refused
 # before any route runs.
 ANTHROPIC_ROUTES = {"/v1/messages"}
+# A load balancer's probe: its 503 says which state the server is in, the error beside it.
+HEALTH = ("/health", "503")
 
 
 def test_the_schema_declares_openai_errors_and_no_422() -> None:
@@ -24,10 +26,13 @@ def test_the_schema_declares_openai_errors_and_no_422() -> None:
                     envelope = response["content"]["application/json"]["schema"]
                     anthropic = path in ANTHROPIC_ROUTES and status != "413"
                     name = "AnthropicErrorEnvelope" if anthropic else "ErrorEnvelope"
+                    name = "Health" if (path, status) == HEALTH else name
                     assert envelope == {"$ref": f"#/components/schemas/{name}"}, (path, status)
     assert "HTTPValidationError" not in OPENAPI["components"]["schemas"]
     error = OPENAPI["components"]["schemas"]["ErrorDetail"]
     assert set(error["required"]) == {"message", "type", "param", "code"}
+    health = OPENAPI["components"]["schemas"]["Health"]["properties"]
+    assert health["status"]["enum"] == ["ok", "recovering", "failed", "draining"]
 
 
 def test_put_declares_201_for_a_new_persona() -> None:

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 import loragate
-from loragate.engine.protocol import Engine
+from loragate.engine.protocol import Engine, EngineDeadError, EngineUnavailableError
 from loragate.server.auth import require_api_key
-from loragate.server.openapi import errors
+from loragate.server.errors import ErrorDetail, ServerStoppingError, as_gateway_error
+from loragate.server.lifecycle import STOPPING, lifecycle_of
+from loragate.server.openapi import Responses, errors
 from loragate.server.state import engine, registry
 
 router = APIRouter()
@@ -25,10 +28,34 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [card.model_dump(mode="json") for card in cards]}
 
 
-@router.get("/health", responses=errors(503))
+class Health(BaseModel):
+    """ok; recovering (the engine restarts), failed (it will not), draining (the server stops)."""
+
+    status: Literal["ok", "recovering", "failed", "draining"]
+    error: ErrorDetail | None = None
+
+
+_UNHEALTHY: Responses = {503: {"model": Health, "description": "Not serving: `status` says why."}}
+
+
+@router.get("/health", response_model=Health, responses=_UNHEALTHY)
 async def health(request: Request) -> JSONResponse:
-    await _live(engine(request))
+    if lifecycle_of(request.scope).draining:
+        return _unhealthy("draining", ServerStoppingError(STOPPING))
+    try:
+        await engine(request).check_health()
+    except EngineUnavailableError as exc:
+        return _unhealthy("recovering", exc)
+    except EngineDeadError as exc:
+        return _unhealthy("failed", exc)
     return JSONResponse({"status": "ok"})
+
+
+def _unhealthy(status: str, exc: Exception) -> JSONResponse:
+    error = as_gateway_error(exc)
+    assert error is not None
+    body = {"status": status, "error": error.envelope()["error"]}
+    return error.response(body)
 
 
 @router.get(
