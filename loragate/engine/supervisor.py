@@ -16,6 +16,7 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -62,8 +63,8 @@ class Supervision:
 
 
 class SupervisedEngine:
-    """The engine protocol over a restartable engine. `start()` builds one (blocking: it runs
-    in a thread, so the server keeps answering while an engine starts)."""
+    """The engine protocol over a restartable engine. `start()` builds one (blocking: a restart
+    runs it in a thread, so the server keeps answering while an engine starts)."""
 
     def __init__(self, start: Callable[[], Engine], supervision: Supervision, first: Engine):
         self._start = start
@@ -81,6 +82,11 @@ class SupervisedEngine:
         self._last_progress = time.monotonic()
         self._recovery: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._restarting = True
+        # Restarts build the engine here, not in the event loop's thread, which must keep
+        # answering. One long-lived thread: the engine core's death signal (loragate.engine.
+        # tether) follows the thread that spawned it, so that thread must outlive the engine.
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix="loragate-engine-start")
 
     @classmethod
     async def started(
@@ -197,11 +203,17 @@ class SupervisedEngine:
             raise
 
     async def shutdown(self) -> None:
+        self._restarting = False
         for task in (self._watch, self._recovery):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self._engine.shutdown()
+        self._starter.shutdown(wait=False)
+
+    def stop_restarting(self) -> None:
+        """The server is stopping: a death from now on is final, and no reason to exit 1."""
+        self._restarting = False
 
     # -- Interruption, for a server that stops ---------------------------------------------------
 
@@ -243,6 +255,9 @@ class SupervisedEngine:
         if engine is not self._engine or self.state != "ok":
             return
         logger.error("engine died (%s)", why)
+        if not self._restarting:
+            self.state, self.failure = "failed", f"The engine stopped ({why})."
+            return
         self.state = "recovering"
         self._recovery = asyncio.create_task(self._recover(engine))
 
@@ -255,7 +270,8 @@ class SupervisedEngine:
         while not self._give_up():
             started = time.monotonic()
             try:
-                engine = await asyncio.to_thread(self._start)
+                loop = asyncio.get_running_loop()
+                engine = await loop.run_in_executor(self._starter, self._start)
             except Exception:
                 logger.exception("the engine failed to start again")
                 failed_starts += 1

@@ -94,6 +94,7 @@ def _supervise(engine: Engine, lifecycle: Lifecycle) -> asyncio.Task[None] | Non
     if not isinstance(engine, SupervisedEngine):
         return None
     lifecycle.interrupt_with(engine.interrupt)
+    lifecycle.on_drain(engine.stop_restarting)
 
     async def exit_when_failed() -> None:
         await engine.failed.wait()

@@ -47,6 +47,7 @@ class Lifecycle:
         self._idle.set()
         self._stop: Callable[[], None] = lambda: None
         self._interrupt: Callable[[str], Awaitable[None]] | None = None
+        self._on_drain: list[Callable[[], None]] = []
 
     def serve_with(self, stop: Callable[[], None]) -> None:
         """`stop()` ends the server that runs the app (set by that server)."""
@@ -55,6 +56,10 @@ class Lifecycle:
     def interrupt_with(self, interrupt: Callable[[str], Awaitable[None]]) -> None:
         """`interrupt(reason)` ends the engine requests in flight (set by the lifespan)."""
         self._interrupt = interrupt
+
+    def on_drain(self, hook: Callable[[], None]) -> None:
+        """`hook()` runs when the drain starts (the engine stops restarting itself)."""
+        self._on_drain.append(hook)
 
     def exit(self, code: int) -> None:
         """Stop the server now, the process to exit with `code` (the engine failed for good)."""
@@ -66,6 +71,8 @@ class Lifecycle:
         if self.draining:
             return
         self.draining = True
+        for hook in self._on_drain:
+            hook()
         started = time.monotonic()
         logger.info("draining: %d request(s) in flight, %g s to finish",
                     self.in_flight, self.drain_timeout)  # fmt: skip

@@ -193,3 +193,13 @@ async def test_an_interrupt_ends_the_requests_in_flight_and_refuses_new_ones() -
         with pytest.raises(EngineUnavailableError, match="shutting down"):
             await collect(engine, "new")
         assert starts.engines[0].aborted == ["held"] and engine.state == "ok"
+
+
+async def test_once_the_server_stops_a_death_is_final_without_exiting_1() -> None:
+    starts = Starts()
+    async with supervised(starts) as engine:
+        engine.stop_restarting()
+        starts.engines[0].kill()
+        await until(lambda: engine.state == "failed")
+        await asyncio.sleep(0.05)
+        assert len(starts.engines) == 1 and not engine.failed.is_set()
