@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,6 +49,24 @@ def _marked_slow_as_a_whole(module: Path) -> bool:
         ):
             return bool(_SLOW_MARK.search(ast.unparse(node.value)))
     return False
+
+
+# test_schemathesis.py's operations, and the requests it made to each.
+SCHEMATHESIS_TALLY = pytest.StashKey[tuple[list[str], Counter[str]]]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    tally = config.stash.get(SCHEMATHESIS_TALLY, None)
+    if tally is None:
+        return
+    operations, counts = tally
+    untested = sorted(set(operations) - set(counts))
+    terminalreporter.write_line(
+        f"schemathesis: {sum(counts.values())} requests over {len(counts)} of "
+        f"{len(operations)} operations" + (f"; not run: {', '.join(untested)}" if untested else "")
+    )
+    for label, n in sorted(counts.items()):
+        terminalreporter.write_line(f"  {n:5d}  {label}")
 
 
 BASE = "fake-base"

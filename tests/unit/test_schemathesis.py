@@ -9,6 +9,7 @@ and the schema's own shape is checked in test_openapi_schema.py.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from loragate.server.app import create_app
-from tests.unit.conftest import fake_openapi
+from tests.unit.conftest import SCHEMATHESIS_TALLY, fake_openapi
 from tests.unit.personas_support import (
     CountingEngine,
     make_settings,
@@ -109,6 +110,16 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     shutdown_lifespans()
 
 
+@pytest.fixture(scope="module")
+def tally(request: pytest.FixtureRequest) -> Counter[str]:
+    """Requests made per operation, summed up at the end of the run (conftest.py)."""
+    counts: Counter[str] = Counter()
+    paths = schema.raw_schema["paths"].items()
+    operations = [f"{method.upper()} {path}" for path, methods in paths for method in methods]
+    request.config.stash[SCHEMATHESIS_TALLY] = (operations, counts)
+    return counts
+
+
 @schema.parametrize()
 @settings(
     max_examples=20,
@@ -117,7 +128,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_api(case: schemathesis.Case[Any], app: FastAPI) -> None:
+def test_api(case: schemathesis.Case[Any], app: FastAPI, tally: Counter[str]) -> None:
+    tally[case.operation.label] += 1
     case.call_and_validate(
         app=app,
         excluded_checks=[positive_data_acceptance],
