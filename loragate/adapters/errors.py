@@ -48,6 +48,10 @@ class AdapterStillLoadedError(PersonaError):
     """The engine still lists an adapter after removing it: a bug, not the caller's fault."""
 
 
+class PersonaStoreError(PersonaError):
+    """The persona database cannot be read or written (damaged, locked, full): nothing changed."""
+
+
 class _NotListedError(PersonaError):
     def __init__(self, message: str, valid: Sequence[str], *, param: str | None = None):
         super().__init__(message, param=param)

@@ -8,6 +8,9 @@
   new leases get the new version at once, the old one leaves the engine once its requests end.
 - `delete` unpublishes at once, waits for the requests in flight, removes the adapter from the
   engine and checks that the engine no longer lists it.
+- Once `record_api_changes_in(store)`, each version the API (`source="api"`) publishes and each
+  name it deletes is saved in the persona database first: what a PUT acknowledged survives a
+  restart, and a change the database refuses is not made.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from loragate.adapters.errors import (
     PersonaError,
     PersonaExistsError,
     PersonaNotFoundError,
+    PersonaStoreError,
     PersonaUnavailableError,
     UnknownModelError,
 )
@@ -37,6 +41,7 @@ from loragate.adapters.persona import (
     check_persona_name,
 )
 from loragate.adapters.persona_flags import default_roots
+from loragate.adapters.persona_store import PersonaStore
 from loragate.adapters.residency import Residency
 from loragate.adapters.targets import ModelTarget, base_model_card
 from loragate.adapters.validation import ModelShape
@@ -75,6 +80,7 @@ class PersonaRegistry:
         self._residency = Residency(engine, settings.max_cpu_loras, self._locks.__getitem__)
         self._draining: defaultdict[str, set[asyncio.Task[None]]] = defaultdict(set)
         self._next_id = 1
+        self._store: PersonaStore | None = None  # where the API's changes are saved, once set
 
     # -- the model catalog -------------------------------------------------------------------------
 
@@ -149,6 +155,8 @@ class PersonaRegistry:
             persona = await asyncio.to_thread(self._reader.read, name, path, source, self._new_id())
             if load:
                 await self._load(persona)
+            if source == "api":
+                await self._save(persona)
             self._publish(persona)
         return persona, previous is None
 
@@ -165,6 +173,8 @@ class PersonaRegistry:
         """Unpublish now; remove from the engine once the requests in flight are done."""
         async with self._locks[name]:
             persona = self.get(name)
+            if persona.source == "api" and self._store is not None:
+                await asyncio.to_thread(self._store.mark_deleted, name)  # refused: nothing changes
             del self._current[name]
             persona.retire()
             logger.info("persona '%s' %s unpublished", name, persona.version)
@@ -198,6 +208,11 @@ class PersonaRegistry:
                 logger.error("reloading persona '%s' failed: %s", persona.name, exc.message)
             except EngineDeadError:
                 return  # dead again: the next engine gets them, on their next requests
+
+    def record_api_changes_in(self, store: PersonaStore) -> None:
+        """From now on, save the API's changes in `store` (at start-up, once the personas saved
+        there are registered again: sources.restore_saved)."""
+        self._store = store
 
     async def close(self) -> None:
         tasks = [t for ts in self._draining.values() for t in ts]
@@ -253,6 +268,23 @@ class PersonaRegistry:
                 param="model",
             )
         await self._residency.load(persona)
+
+    async def _save(self, persona: Persona) -> None:
+        """Save the API's new version before it is published (the caller holds the name lock);
+        one the database refuses leaves the engine again, and the current version stays."""
+        store, adapter = self._store, persona.adapter
+        if store is None:
+            return
+        assert adapter is not None  # read from its bundle: put never makes a failed one
+        try:
+            await asyncio.to_thread(
+                store.save, persona.name, persona.version, persona.path, adapter.int_id
+            )
+        except PersonaStoreError:
+            if persona.loaded:
+                persona.retire()
+                await self._residency.release(persona)
+            raise
 
     def _publish(self, persona: Persona) -> None:
         previous = self._current.get(persona.name)

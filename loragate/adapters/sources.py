@@ -1,4 +1,5 @@
-"""Where personas come from at run time: --persona NAME=PATH, and the watched --personas-dir.
+"""Where personas come from at run time: --persona NAME=PATH, the watched --personas-dir, and
+the ones the persona API registered, saved in the state directory (persona_store.py).
 
 A personas directory holds one bundle (or bare peft adapter) per subdirectory. It is scanned at
 start-up and then every `persona_watch_interval` seconds: a new subdirectory is registered, a
@@ -6,6 +7,10 @@ changed one is swapped in as a new version (lazily loaded), a removed one is unr
 its requests are done. A bundle that does not validate is listed as failed with its error, and
 a bundle caught half-written simply validates on a later scan. Whatever one bundle holds, its
 failure stays its own: the other bundles are registered, and start-up goes on.
+
+The API's saved personas are registered again at start-up after the configured ones (over one
+of the same name: the API's came later), re-validated as a PUT is. One whose bundle has gone or
+no longer validates is listed as failed with the reason, and start-up goes on.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
-from loragate.adapters.errors import PersonaError
+from loragate.adapters.errors import PersonaError, PersonaStoreError
 from loragate.adapters.manifest import ADAPTER_CONFIG, MANIFEST_NAME, ManifestError, read_bundle
 from loragate.adapters.persona_flags import persona_args
+from loragate.adapters.persona_store import PersonaStore, SavedVersion
 from loragate.adapters.registry import PersonaRegistry
 from loragate.settings import ServerSettings
 
@@ -122,11 +128,47 @@ class PersonaWatcher:
         return True
 
 
+async def restore_saved(registry: PersonaRegistry, store: PersonaStore) -> None:
+    """Register the API's saved personas again (loaded on first use), then save its changes."""
+    for saved in await asyncio.to_thread(store.current):
+        await _restore(registry, saved)
+    registry.record_api_changes_in(store)  # only now: registering them again saves nothing
+
+
+async def _restore(registry: PersonaRegistry, saved: SavedVersion) -> None:
+    try:
+        persona, _ = await registry.put(saved.name, saved.path, source="api", load=False)
+    except PersonaError as exc:
+        error = f"Saved from the persona API, refused at start-up: {exc.message}"
+    except Exception as exc:  # a check that missed a case must not stop start-up
+        logger.exception("saved persona '%s' (%s) could not be read", saved.name, saved.path)
+        error = f"Saved from the persona API, unreadable at start-up ({type(exc).__name__})."
+    else:
+        if persona.version != saved.version:
+            logger.warning("persona '%s' registered again from %s at version %s; the API "
+                           "registered version %s there", saved.name, saved.path,
+                           persona.version, saved.version)  # fmt: skip
+        return
+    logger.error("saved persona '%s' (%s): %s", saved.name, saved.path, error)
+    registry.record_failure(saved.name, saved.path, "api", error)
+
+
+async def _open_store(settings: ServerSettings) -> PersonaStore:
+    try:
+        return await asyncio.to_thread(PersonaStore, settings.state_dir)
+    except PersonaStoreError as exc:  # no silent start without the personas saved there
+        raise RuntimeError(
+            f"{exc.message} Start-up stops rather than go on without the personas saved in it: "
+            "free or repair it, or move it aside to start without them."
+        ) from exc
+
+
 @asynccontextmanager
 async def personas_running(
     registry: PersonaRegistry, settings: ServerSettings
 ) -> AsyncIterator[PersonaRegistry]:
-    """Scan, register the --persona ones, preload if asked, watch; stop it all at the end."""
+    """Scan, register the --persona ones, then the API's saved ones, preload if asked, watch;
+    stop it all at the end."""
     watcher = PersonaWatcher(registry, list(settings.personas_dir), settings.persona_watch_interval)
     await watcher.scan()
     for name, path in persona_args(settings):
@@ -134,12 +176,14 @@ async def personas_running(
             await registry.put(name, path, source="cli", load=False)
         except PersonaError as exc:  # an explicitly named persona must work: stop here
             raise RuntimeError(f"--persona {name}={path}: {exc.message}") from exc
-    if settings.preload_personas:
-        await registry.preload()
+    store = await _open_store(settings)
     task = None
-    if settings.personas_dir and settings.persona_watch_interval > 0:
-        task = asyncio.create_task(watcher.run(), name="persona-watcher")
     try:
+        await restore_saved(registry, store)
+        if settings.preload_personas:
+            await registry.preload()
+        if settings.personas_dir and settings.persona_watch_interval > 0:
+            task = asyncio.create_task(watcher.run(), name="persona-watcher")
         yield registry
     finally:
         if task is not None:
@@ -147,3 +191,4 @@ async def personas_running(
             with suppress(asyncio.CancelledError):
                 await task
         await registry.close()
+        store.close()

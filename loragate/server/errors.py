@@ -29,6 +29,7 @@ from loragate.adapters.errors import (
     PersonaError,
     PersonaExistsError,
     PersonaNotFoundError,
+    PersonaStoreError,
     PersonaUnavailableError,
     UnknownModelError,
 )
@@ -142,6 +143,8 @@ DOMAIN_ERRORS: Mapping[type[Exception], HttpShape] = {
     UnknownModelError: HttpShape(404, _INVALID, "model_not_found"),
     PersonaNotFoundError: HttpShape(404, "not_found_error", "persona_not_found"),
     AdapterStillLoadedError: HttpShape(500, "internal_error", "adapter_still_loaded"),
+    # The persona database refused a change (locked, damaged): the server's failure, retried.
+    PersonaStoreError: HttpShape(503, "service_unavailable_error", "persona_store_unavailable"),
     EngineRequestError: HttpShape(400, _INVALID, "invalid_value"),
     EngineDeadError: HttpShape(
         503, "service_unavailable_error", "engine_unavailable", "The engine is not available: "

@@ -61,6 +61,8 @@ def running_gateway(log_path: Path, extra_args: Sequence[str] = ()) -> Iterator[
         "--max-loras", "4",
         *extra_args,
     ]  # fmt: skip
+    if "--state-dir" not in extra_args:  # its own: nothing saved by another run comes back
+        args += ["--state-dir", str(log_path.with_suffix(".state"))]
     log = log_path.open("wb")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     gateway = Gateway(port, legacy_port, log_path, process)

@@ -182,7 +182,14 @@ class CountingEngine(FakeEngine):
 
 
 def make_settings(root: Path, **overrides: Any) -> ServerSettings:
-    values: dict[str, Any] = {"adapter_root": [root], "persona_watch_interval": 0, **overrides}
+    # The state directory beside the adapter root (the test's own): personas the API registers
+    # are saved there, never in the developer's ~/.local/state.
+    values: dict[str, Any] = {
+        "adapter_root": [root],
+        "persona_watch_interval": 0,
+        "state_dir": root.parent / "state",
+        **overrides,
+    }
     return server_settings(**values)
 
 
