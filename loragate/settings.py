@@ -307,8 +307,9 @@ class ServerSettings(EngineSettings):
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,
-        description="Directory of all durable state (the stored responses of /v1/responses, in "
-        "SQLite). Default: $XDG_STATE_HOME/loragate, else ~/.local/state/loragate.",
+        description="Directory of all durable state, in SQLite: the personas registered "
+        "through the API (registered again at start-up) and the stored responses of "
+        "/v1/responses. Default: $XDG_STATE_HOME/loragate, else ~/.local/state/loragate.",
     )
     tool_call_parser: str = Field(
         default="auto",
