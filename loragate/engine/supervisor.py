@@ -11,8 +11,12 @@ the first with `on_engine_death = "exit"`, it gives up: `failed` is set and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import logging
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -78,6 +82,7 @@ class SupervisedEngine:
         self._deaths: deque[float] = deque()
         self._listeners: list[RestartListener] = []
         self._active: dict[str, int] = {}  # request id -> its sequences
+        self._taken = 0  # their sum
         self._interrupted: str | None = None
         self._last_progress = time.monotonic()
         self._recovery: asyncio.Task[None] | None = None
@@ -148,8 +153,11 @@ class SupervisedEngine:
         adapter: AdapterRef | None = None,
     ) -> AsyncGenerator[GenerationUpdate, None]:
         self._admit(options.n)
+        if not self._taken:  # the watchdog counts from the first request in flight
+            self._last_progress = time.monotonic()
         engine = self._engine
         self._active[request_id] = options.n
+        self._taken += options.n
         try:
             async for update in engine.generate(prompt_token_ids, options, request_id, adapter):
                 self._last_progress = time.monotonic()
@@ -164,9 +172,13 @@ class SupervisedEngine:
             self._died(engine, "a request found the engine dead")
             raise
         finally:
-            self._active.pop(request_id, None)
+            if self._active.pop(request_id, None) is not None:
+                self._taken -= options.n
 
     def check_options(self, options: SamplingOptions) -> None:
+        # Before any stream starts: while the engine restarts, or when its queue is full, a
+        # request gets its 503 or 429 as a status, not as an error event after a 200.
+        self._admit(options.n)
         self._engine.check_options(options)
 
     def generation_defaults(self) -> dict[str, float]:
@@ -228,7 +240,7 @@ class SupervisedEngine:
         if self._interrupted is not None:
             raise EngineUnavailableError(self._interrupted, self._retry_after())
         self._refuse_unless_ok()
-        taken = sum(self._active.values())
+        taken = self._taken  # an int, not the dict: check_options runs in another thread
         if taken and taken + sequences > self.max_in_flight:
             raise EngineOverloadedError(
                 f"The server is at capacity: {taken} sequences are running or waiting, of "
@@ -236,8 +248,6 @@ class SupervisedEngine:
                 "--max-waiting-requests). Retry later.",
                 OVERLOADED_RETRY_AFTER_S,
             )
-        if not taken:
-            self._last_progress = time.monotonic()
 
     def _refuse_unless_ok(self) -> None:
         if self.state == "recovering":
@@ -278,12 +288,14 @@ class SupervisedEngine:
                 await asyncio.sleep(min(RESTART_BACKOFF_S * 2**failed_starts, 30.0))
                 continue
             self._started_in_s = time.monotonic() - started
-            self._engine, self._active = engine, {}
+            self._engine, self._active, self._taken = engine, {}, 0
             self.restarts += 1
             for listener in self._listeners:
                 await _quietly(listener(), "restoring state in the new engine")
             self.state = "ok"
             self._last_progress = time.monotonic()
+            del dead
+            release_memory()
             logger.info("engine restarted in %.1f s (restart %d)", self._started_in_s,
                         self.restarts)  # fmt: skip
             return
@@ -328,6 +340,16 @@ class SupervisedEngine:
         watchdog = self._supervision.watchdog_s
         stalled = time.monotonic() - self._last_progress
         return bool(watchdog and self._active and stalled > watchdog)
+
+
+def release_memory() -> None:
+    """Give the dead engine's memory back to the system: its objects (the tokenizer, the
+    processors, vLLM's client) are freed only with their reference cycles, and glibc keeps
+    freed heap pages for the process until asked to return them."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 async def _quietly(work: Awaitable[object], what: str) -> None:

@@ -180,8 +180,10 @@ def test_health_says_recovering_with_retry_after_while_the_engine_restarts(
         wait_for(lambda: http.get("/health").json()["status"] == "recovering")
         health = http.get("/health")
         assert health.status_code == 503 and int(health.headers["Retry-After"]) >= 1
-        refused = http.post("/v1/chat/completions", json={"model": BASE, "messages": USER})
-        assert refused.status_code == 503 and "Retry-After" in refused.headers
+        for stream in (False, True):  # a stream too: its 503 before any event
+            body = {"model": BASE, "messages": USER, "stream": stream}
+            refused = http.post("/v1/chat/completions", json=body)
+            assert refused.status_code == 503 and "Retry-After" in refused.headers
         gate.set()
         wait_for(lambda: http.get("/health").json() == {"status": "ok"})
 
