@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import gc
 import logging
@@ -269,7 +270,8 @@ class SupervisedEngine:
             self.state, self.failure = "failed", f"The engine stopped ({why})."
             return
         self.state = "recovering"
-        self._recovery = asyncio.create_task(self._recover(engine))
+        # A context of its own: not the log lines' request id of the request that found it dead.
+        self._recovery = asyncio.create_task(self._recover(engine), context=contextvars.Context())
 
     async def _recover(self, dead: Engine) -> None:
         # A hung engine's streams would wait for ever: aborted, each ends (EngineDeadError).
