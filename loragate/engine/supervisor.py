@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -160,9 +161,13 @@ class SupervisedEngine:
         self._active[request_id] = options.n
         self._taken += options.n
         try:
-            async for update in engine.generate(prompt_token_ids, options, request_id, adapter):
-                self._last_progress = time.monotonic()
-                yield update
+            # Closed with this generator (a client that leaves): its `finally` aborts the request.
+            async with aclosing(
+                engine.generate(prompt_token_ids, options, request_id, adapter)
+            ) as updates:
+                async for update in updates:
+                    self._last_progress = time.monotonic()
+                    yield update
         except RequestAbortedError as exc:
             if self._interrupted is not None:
                 raise EngineUnavailableError(self._interrupted, self._retry_after()) from exc
