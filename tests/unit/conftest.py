@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +67,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     )
     for label, n in sorted(counts.items()):
         terminalreporter.write_line(f"  {n:5d}  {label}")
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `check` until it holds, from a test's thread (the app runs on another)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 BASE = "fake-base"

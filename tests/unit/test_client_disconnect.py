@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import openai
@@ -19,16 +17,9 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from loragate.engine.fake import Hold
-from tests.unit.conftest import BASE, LiveFake
+from tests.unit.conftest import BASE, LiveFake, wait_for
 
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 # Under uvicorn's 2.3 Starlette listens for the disconnect too; from 2.4 on only our response does.

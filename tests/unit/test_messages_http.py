@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +18,7 @@ from fastapi.testclient import TestClient
 from loragate.engine.fake import Die, FakeEngine, Hold
 from loragate.engine.types import AdapterRef, GenerationUpdate, SamplingOptions
 from loragate.server.app import create_app
-from tests.unit.conftest import BASE, LiveFake, fake_state_factory, server_settings
+from tests.unit.conftest import BASE, LiveFake, fake_state_factory, server_settings, wait_for
 
 USER: list[MessageParam] = [{"role": "user", "content": "hi"}]
 
@@ -308,13 +307,6 @@ def test_x_api_key_and_anthropic_version_are_accepted(keyed: TestClient) -> None
     # The OpenAI routes take the Anthropic clients' header too.
     assert keyed.get("/v1/models", headers={"x-api-key": "sekrit"}).status_code == 200
     assert keyed.get("/v1/models", headers={"x-api-key": "wrong"}).status_code == 401
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_a_client_leaving_a_stream_aborts_its_engine_request(live_fake: LiveFake) -> None:

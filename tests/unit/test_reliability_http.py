@@ -7,7 +7,6 @@ import asyncio
 import json
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ from loragate.server.app import create_app
 from loragate.server.lifecycle import Lifecycle
 from loragate.server.state import AppState
 from loragate.settings import ServerSettings
-from tests.unit.conftest import BASE, FAKE_SHAPE, server_settings
+from tests.unit.conftest import BASE, FAKE_SHAPE, server_settings, wait_for
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -54,13 +53,6 @@ class Live:
 
     def sdk(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.origin}/v1", api_key="x", max_retries=0)
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def serve(tmp_path: Path, max_num_seqs: int = 64, **overrides: Any) -> Iterator[Live]:
