@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from loragate.engine.engine_args import detect_platform, engine_kwargs
-from loragate.engine.vllm_engine import engine_environment
+from loragate.engine.environment import engine_environment
 from loragate.settings import EngineSettings
 
 STARTUP_TIMEOUT_S = 900  # vLLM alone starts in ~30 s; a busy 2-core machine takes much longer

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from loragate.engine.fake import FakeEngine
-from loragate.engine.vllm_engine import longest_token_chars
+from loragate.engine.protocol import longest_token_chars
 
 BOS, EOS, START_HEADER, END_HEADER, EOM, EOT, PYTHON_TAG = (
     128000, 128001, 128006, 128007, 128008, 128009, 128010

@@ -53,6 +53,12 @@ class ChatTokenizer(Protocol):
     def decode(self, token_ids: Sequence[int], /, **kwargs: Any) -> str: ...
 
 
+def longest_token_chars(tokenizer: Any) -> int:
+    """An upper bound of any token's decoded length: its vocabulary string's length (byte-level
+    BPE writes one character per byte, SentencePiece one per character)."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1)
+
+
 class Engine(Protocol):
     @property
     def tokenizer(self) -> ChatTokenizer: ...

@@ -72,8 +72,15 @@ class SupervisedEngine:
     """The engine protocol over a restartable engine. `start()` builds one (blocking: a restart
     runs it in a thread, so the server keeps answering while an engine starts)."""
 
-    def __init__(self, start: Callable[[], Engine], supervision: Supervision, first: Engine):
+    def __init__(
+        self,
+        start: Callable[[], Engine],
+        supervision: Supervision,
+        first: Engine,
+        starter: ThreadPoolExecutor,
+    ):
         self._start = start
+        self._starter = starter
         self._supervision = supervision
         self._engine = first
         self._started_in_s = 30.0  # until one restart has been timed
@@ -90,19 +97,20 @@ class SupervisedEngine:
         self._recovery: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._restarting = True
-        # Restarts build the engine here, not in the event loop's thread, which must keep
-        # answering. One long-lived thread: the engine core's death signal (loragate.engine.
-        # tether) follows the thread that spawned it, so that thread must outlive the engine.
-        self._starter = ThreadPoolExecutor(1, thread_name_prefix="loragate-engine-start")
 
     @classmethod
     async def started(
         cls, start: Callable[[], Engine], supervision: Supervision
     ) -> SupervisedEngine:
         started = time.monotonic()
-        # In the event loop's thread, as vLLM's own server starts it; a restart, while the
-        # server answers, runs `start` in a thread.
-        engine = cls(start, supervision, start())
+        # Every engine is built in this thread, not in the event loop's, which must keep
+        # answering during a restart. One long-lived thread: the engine core's death signal
+        # (loragate.engine.tether) follows the thread that spawned it, so that thread must
+        # outlive the engine; and a restarted engine reuses the malloc arena the dead one freed
+        # (built in another thread, it took a new arena and the gateway grew by one engine).
+        starter = ThreadPoolExecutor(1, thread_name_prefix="loragate-engine-start")
+        first = await asyncio.get_running_loop().run_in_executor(starter, start)
+        engine = cls(start, supervision, first, starter)
         engine._started_in_s = time.monotonic() - started
         engine._watch = asyncio.create_task(engine._watch_health())
         return engine

@@ -1,26 +1,35 @@
-"""The production engine: vLLM's AsyncLLM, behind the engine protocol."""
+"""The production engine: vLLM's AsyncLLM, behind the engine protocol.
+
+vLLM is imported here, with this module, never inside a function: a module imported for the
+first time can keep the frames of the stack that imported it alive for good (e.g.
+vllm.multimodal.media.audio keeps torchcodec's ImportError, and with its traceback every frame
+above it), and a frame of `VllmEngine.start` holding the first AsyncLLM kept that engine, its
+tokenizer and its processors in memory after every restart. Callers import this module lazily.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import AsyncGenerator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from loragate.engine.cpu_lora import PATCH_ENV
-from loragate.engine.engine_args import (
-    Platform,
-    build_engine_args,
-    detect_platform,
-    server_usage_context,
-)
+from vllm.exceptions import VLLMClientError
+from vllm.inputs import TokensPrompt
+from vllm.lora.request import LoRARequest
+from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
+
+from loragate.engine.engine_args import build_engine_args, detect_platform, server_usage_context
+from loragate.engine.environment import engine_environment
 from loragate.engine.protocol import (
     ChatTokenizer,
     EngineDeadError,
     EngineRequestError,
     RequestAbortedError,
+    longest_token_chars,
 )
-from loragate.engine.tether import GATEWAY_PID_ENV
 from loragate.engine.types import (
     AdapterRef,
     ChoiceDelta,
@@ -29,60 +38,9 @@ from loragate.engine.types import (
     SamplingOptions,
     TokenLogprob,
 )
-from loragate.settings import RESERVED_CPU_ENV, EngineSettings
-
-if TYPE_CHECKING:
-    from vllm.v1.engine.async_llm import AsyncLLM
+from loragate.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
-
-THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
-
-
-def engine_environment(settings: EngineSettings, platform: Platform) -> dict[str, str]:
-    """vLLM settings that only its environment variables carry."""
-    # The engine core dies with this process (loragate.engine.tether, a vLLM plugin).
-    environment = {GATEWAY_PID_ENV: str(os.getpid())}
-    if not settings.cpu_lora_patch:
-        environment[PATCH_ENV] = "0"
-    if platform.is_cpu:
-        reserved = settings.resolved_cpu_reserved_cores()
-        if reserved is not None:
-            environment[RESERVED_CPU_ENV] = str(reserved)
-        binding = cpu_thread_binding(settings, sorted(os.sched_getaffinity(0)))
-        if binding is not None:
-            environment[THREADS_BIND_ENV] = binding
-    return environment
-
-
-def cpu_thread_binding(settings: EngineSettings, cores: list[int]) -> str | None:
-    """VLLM_CPU_OMP_THREADS_BIND for several CPU workers: the cores split among them.
-
-    vLLM's own ("auto") binds worker N to NUMA node N, so two workers on a one-node machine
-    fail to start ("Not enough allowed NUMA nodes"). Its list is in [DP, PP, TP] order.
-    """
-    workers = (
-        settings.data_parallel_size
-        * settings.pipeline_parallel_size
-        * settings.tensor_parallel_size
-    )
-    if workers == 1 or THREADS_BIND_ENV in os.environ:
-        return None
-    if len(cores) < workers:
-        raise ValueError(
-            f"{workers} CPU workers (data x pipeline x tensor parallel) need at least {workers} "
-            f"cores; this process may use {len(cores)}"
-        )
-    share = len(cores) // workers
-    groups = [cores[i * share : (i + 1) * share] for i in range(workers)]
-    return "|".join(",".join(map(str, group)) for group in groups)
-
-
-def longest_token_chars(tokenizer: Any) -> int:
-    """An upper bound of any token's decoded length: its vocabulary string's length (byte-level
-    BPE writes one character per byte, SentencePiece one per character)."""
-    return max((len(token) for token in tokenizer.get_vocab()), default=1)
-
 
 # Raised by vLLM's request validation (SamplingParams.verify, the input processor) for a
 # request it refuses: bad structured-output grammars, out-of-vocabulary ids, values it cannot
@@ -105,8 +63,6 @@ class VllmEngine:
 
     @classmethod
     def start(cls, settings: EngineSettings, model_path: str, served_name: str) -> VllmEngine:
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         platform = detect_platform()
         os.environ.update(engine_environment(settings, platform))  # read by vLLM's processes
         args = build_engine_args(settings, model_path, served_name, platform)
@@ -149,10 +105,6 @@ class VllmEngine:
         request_id: str,
         adapter: AdapterRef | None = None,
     ) -> AsyncGenerator[GenerationUpdate, None]:
-        from vllm.exceptions import VLLMClientError
-        from vllm.inputs import TokensPrompt
-        from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
-
         params = _sampling_params(options, self._vocab_size)
         finished = False
         first = True
@@ -185,8 +137,6 @@ class VllmEngine:
     def check_options(self, options: SamplingOptions) -> None:
         """vLLM's own validation of the request's parameters (the checks its input processor
         makes when the request is added), so a refusal is a 400 before any stream starts."""
-        from vllm.exceptions import VLLMClientError
-
         try:
             params = _sampling_params(options, self._vocab_size)
             config = self._llm.vllm_config
@@ -243,14 +193,10 @@ class VllmEngine:
 def _lora_request(adapter: AdapterRef | None) -> Any:
     if adapter is None:
         return None
-    from vllm.lora.request import LoRARequest
-
     return LoRARequest(adapter.name, adapter.int_id, adapter.path)
 
 
 def _structured_outputs(options: SamplingOptions) -> Any:
-    from vllm.sampling_params import StructuredOutputsParams
-
     constraints: dict[str, Any] = {
         "json": options.json_schema,
         "json_object": options.json_object or None,
@@ -265,8 +211,6 @@ def _structured_outputs(options: SamplingOptions) -> Any:
 
 
 def _sampling_params(options: SamplingOptions, vocab_size: int) -> Any:
-    from vllm.sampling_params import RequestOutputKind, SamplingParams
-
     return SamplingParams(
         n=options.n,
         max_tokens=options.max_tokens,

@@ -1,5 +1,6 @@
-"""The real gateway under faults: its engine core killed mid-stream, a burst beyond its queue,
-SIGTERM during long streams (drained, exit 0), and a drain timeout that ends the rest."""
+"""The real gateway under faults: its engine core killed mid-stream (and the dead engine freed),
+a burst beyond its queue, SIGTERM during long streams (drained, exit 0), and a drain timeout
+that ends the rest."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -161,6 +164,17 @@ def test_a_killed_engine_ends_every_stream_with_an_error_and_comes_back_with_its
     assert greedy_tokens(sdk, PERSONA) == before
     loaded = httpx.get(f"{supervised.base_url}/personas/{PERSONA}", timeout=30).json()
     assert loaded["state"] == "loaded"
+
+
+def test_a_restart_frees_the_dead_engine(tmp_path: Path) -> None:
+    """Nothing keeps a dead engine (its AsyncLLM, tokenizer, processors) once the new one serves:
+    in a fresh interpreter, as in `loragate serve`, where vLLM's first import happens."""
+    probe = [sys.executable, "-m", "tests.integration.restart_probe", str(tmp_path), "2"]
+    result = subprocess.run(probe, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"gateway RSS (MiB) at start and after each restart: {report['rss_mib']}")
+    assert report["alive"] == [[], []]
 
 
 def test_sigterm_lets_the_streams_in_flight_finish_then_exits_0(

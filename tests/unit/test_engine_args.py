@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Any, get_args
 
@@ -16,6 +14,7 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 
 from loragate.cli import build_parser
 from loragate.cli_settings import settings_from_arguments
+from loragate.engine import vllm_engine
 from loragate.engine.engine_args import (
     Platform,
     UnknownEngineArgumentError,
@@ -25,13 +24,9 @@ from loragate.engine.engine_args import (
     simulated_platform,
     vllm_batch_defaults,
 )
+from loragate.engine.environment import THREADS_BIND_ENV, cpu_thread_binding, engine_environment
 from loragate.engine.tether import GATEWAY_PID_ENV
-from loragate.engine.vllm_engine import (
-    THREADS_BIND_ENV,
-    VllmEngine,
-    cpu_thread_binding,
-    engine_environment,
-)
+from loragate.engine.vllm_engine import VllmEngine
 from loragate.settings import LORA_RANKS, RESERVED_CPU_ENV, ServerSettings
 
 pytestmark = pytest.mark.slow  # vLLM's own classes: importing vLLM takes 10 s
@@ -244,14 +239,13 @@ def test_the_engine_starts_with_vllms_server_batch_defaults(
 
     seen: dict[str, Any] = {}
 
-    class CapturingAsyncLLM:  # importing vLLM's own pulls in torch's deprecated jit modules
+    class CapturingAsyncLLM:
         @staticmethod
         def from_engine_args(args: AsyncEngineArgs, usage_context: UsageContext) -> None:
             seen.update(args=args, usage_context=usage_context)
             raise _Started
 
-    module = types.SimpleNamespace(AsyncLLM=CapturingAsyncLLM)
-    monkeypatch.setitem(sys.modules, "vllm.v1.engine.async_llm", module)
+    monkeypatch.setattr(vllm_engine, "AsyncLLM", CapturingAsyncLLM)
     monkeypatch.setattr(os, "environ", dict(os.environ))  # start() sets vLLM's variables
     with pytest.raises(_Started):
         VllmEngine.start(parse(), "/models/llama", "llama")

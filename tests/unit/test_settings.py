@@ -10,8 +10,8 @@ import pytest
 from loragate.cli import build_parser
 from loragate.cli_settings import settings_from_arguments
 from loragate.engine.engine_args import Platform, engine_kwargs
+from loragate.engine.environment import engine_environment
 from loragate.engine.tether import GATEWAY_PID_ENV
-from loragate.engine.vllm_engine import engine_environment
 from loragate.settings import RESERVED_CPU_ENV, ServerSettings
 
 
