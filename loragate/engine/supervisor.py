@@ -107,7 +107,7 @@ class SupervisedEngine:
         # answering during a restart. One long-lived thread: the engine core's death signal
         # (loragate.engine.tether) follows the thread that spawned it, so that thread must
         # outlive the engine; and a restarted engine reuses the malloc arena the dead one freed
-        # (built in another thread, it took a new arena and the gateway grew by one engine).
+        # (one built in a thread other than the first's took a new arena: +5 MiB per restart).
         starter = ThreadPoolExecutor(1, thread_name_prefix="loragate-engine-start")
         first = await asyncio.get_running_loop().run_in_executor(starter, start)
         engine = cls(start, supervision, first, starter)
