@@ -64,7 +64,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def run_server(settings: ServerSettings) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     serve_app(app, settings, app.state.lifecycle)
 
@@ -76,6 +76,8 @@ def serve_app(app: ASGIApp, settings: ServerSettings, lifecycle: Lifecycle | Non
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
+        # With JSON logs uvicorn's loggers go to the root logger's JSON handler, not its own.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=5,
         access_log=False,
         http=with_header_timeout(settings.header_read_timeout),

@@ -320,6 +320,16 @@ class ServerSettings(EngineSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as text, or as one JSON object per line (with an access log "
+        "entry per request: request id, route, status, model, tokens, latency).",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve GET /metrics without the API key (for a Prometheus that holds none). "
+        "Default: /metrics needs the API key, when one is set.",
+    )
 
     def legacy_enabled(self) -> bool:
         return bool(self.legacy_port)

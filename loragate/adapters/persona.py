@@ -111,6 +111,7 @@ class Persona:
     def target(self) -> ModelTarget:
         return ModelTarget(
             name=self.name,
+            version=self.version,
             adapter=self.adapter,
             system_prompt=self.system_prompt,
             defaults=self.defaults,

@@ -34,6 +34,7 @@ from loragate.adapters.errors import (
     PersonaUnavailableError,
     UnknownModelError,
 )
+from loragate.adapters.events import AdapterEvents, NoEvents
 from loragate.adapters.persona import (
     Persona,
     PersonaReader,
@@ -81,6 +82,7 @@ class PersonaRegistry:
         self._draining: defaultdict[str, set[asyncio.Task[None]]] = defaultdict(set)
         self._next_id = 1
         self._store: PersonaStore | None = None  # where the API's changes are saved, once set
+        self._events: AdapterEvents = NoEvents()
 
     # -- the model catalog -------------------------------------------------------------------------
 
@@ -177,6 +179,7 @@ class PersonaRegistry:
                 await asyncio.to_thread(self._store.mark_deleted, name)  # refused: nothing changes
             del self._current[name]
             persona.retire()
+            self._events.persona_deleted(name)
             logger.info("persona '%s' %s unpublished", name, persona.version)
             draining = list(self._draining[name])
             if persona.adapter is not None:  # else it was refused before reaching the engine
@@ -208,6 +211,11 @@ class PersonaRegistry:
                 logger.error("reloading persona '%s' failed: %s", persona.name, exc.message)
             except EngineDeadError:
                 return  # dead again: the next engine gets them, on their next requests
+
+    def report_to(self, events: AdapterEvents) -> None:
+        """Tell `events` of every load, eviction, swap and deletion from now on."""
+        self._events = events
+        self._residency.events = events
 
     def record_api_changes_in(self, store: PersonaStore) -> None:
         """From now on, save the API's changes in `store` (at start-up, once the personas saved
@@ -292,6 +300,8 @@ class PersonaRegistry:
         logger.info("persona '%s' %s registered (%s)", persona.name, persona.version, persona.state)
         if previous is None:
             return
+        if previous.state != "failed" and persona.state != "failed":
+            self._events.persona_swapped(persona.name, previous.version, persona.version)
         previous.retire()
         if previous.adapter is not None:
             self._track(persona.name, asyncio.create_task(self._retire(previous)))

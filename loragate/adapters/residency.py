@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from loragate.adapters.errors import AdapterStillLoadedError, PersonaUnavailableError
+from loragate.adapters.events import AdapterEvents, NoEvents
 from loragate.adapters.persona import Persona
 from loragate.engine.protocol import Engine, EngineDeadError
 
@@ -28,6 +29,7 @@ class Residency:
         self._lock_of = lock_of
         self._loaded: OrderedDict[int, Persona] = OrderedDict()  # least recently used first
         self._room = asyncio.Lock()
+        self.events: AdapterEvents = NoEvents()
 
     def touch(self, persona: Persona) -> None:
         if persona.adapter is not None and persona.adapter.int_id in self._loaded:
@@ -48,12 +50,15 @@ class Residency:
             raise
         except Exception as exc:
             persona.fail(f"the engine refused the adapter: {exc}")
+            self.events.adapter_load_failed(persona.name, persona.version)
             self._loaded.pop(adapter.int_id, None)
             await self._forget(adapter.int_id)  # leave the engine as it was
             raise PersonaUnavailableError(
                 f"Loading persona '{persona.name}' failed: {persona.error}", param="model"
             ) from exc
-        persona.finish_loading(round(time.monotonic() - started, 4))
+        seconds = time.monotonic() - started
+        persona.finish_loading(round(seconds, 4))
+        self.events.adapter_loaded(persona.name, persona.version, seconds)
         logger.info("persona '%s' %s loaded in %.3f s (adapter id %d)",
                     persona.name, persona.version, persona.load_time_s, adapter.int_id)  # fmt: skip
 
@@ -106,6 +111,7 @@ class Residency:
         assert persona.adapter is not None
         self._loaded.pop(persona.adapter.int_id, None)
         persona.evicted()
+        self.events.adapter_evicted(persona.name, persona.version)
         await self._engine.remove_adapter(persona.adapter.int_id)
 
     async def _forget(self, int_id: int) -> None:

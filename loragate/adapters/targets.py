@@ -42,6 +42,7 @@ class SamplingDefaults:
 @dataclass(frozen=True)
 class ModelTarget:
     name: str
+    version: str | None = None  # a persona's (None for the base model)
     adapter: AdapterRef | None = None
     system_prompt: str | None = None
     defaults: SamplingDefaults = SamplingDefaults()

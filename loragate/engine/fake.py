@@ -167,7 +167,10 @@ class FakeEngine:
             )
             for i in range(options.n)
         ]
-        return GenerationUpdate(prompt, choices, finished=finished or finish is not None)
+        # No queue: a fake request runs the moment it arrives.
+        return GenerationUpdate(
+            prompt, choices, finished=finished or finish is not None, queue_time_s=0.0
+        )
 
     async def abort(self, request_id: str) -> None:
         if request_id in self._ends:

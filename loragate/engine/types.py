@@ -71,3 +71,6 @@ class GenerationUpdate:
     # Only on the first update, when asked for: one entry per prompt token (None for the first).
     prompt_logprobs: list[TokenLogprob | None] | None = None
     finished: bool = False
+    # Seconds the request waited in the engine's queue before it was first scheduled, once the
+    # engine knows it (vLLM's request stats); None from engines that do not say.
+    queue_time_s: float | None = None

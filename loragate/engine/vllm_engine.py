@@ -258,7 +258,17 @@ def _update(output: Any, first: bool, options: SamplingOptions) -> GenerationUpd
         choices=choices,
         prompt_logprobs=prompt_logprobs,
         finished=bool(output.finished),
+        queue_time_s=_queue_time(output),
     )
+
+
+def _queue_time(output: Any) -> float | None:
+    # vLLM's RequestStateStats (with log stats on): engine-core timestamps, 0 until reached.
+    stats = getattr(output, "metrics", None)
+    queued, scheduled = getattr(stats, "queued_ts", 0.0), getattr(stats, "scheduled_ts", 0.0)
+    if not queued or not scheduled:
+        return None
+    return max(0.0, float(scheduled) - float(queued))
 
 
 def _finish_reason(reason: str | None) -> FinishReason | None:

@@ -25,6 +25,7 @@ from loragate.server.routers import (
     completions,
     legacy,
     messages,
+    metrics,
     models,
     personas,
     responses,
@@ -32,6 +33,7 @@ from loragate.server.routers import (
     web,
 )
 from loragate.server.state import AppState, scope_state
+from loragate.server.telemetry import TelemetryMiddleware
 from loragate.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,9 @@ StateFactory = Callable[[ServerSettings], AbstractAsyncContextManager[AppState]]
 class Gateway(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Around Starlette's ServerErrorMiddleware, which `add_middleware` cannot reach: the 500
-        # it renders for an unhandled exception carries the request id, and its log line too.
-        return RequestIdMiddleware(super().build_middleware_stack())
+        # it renders for an unhandled exception carries the request id, and its log line too;
+        # and it is counted in the metrics and the access log like any other response.
+        return RequestIdMiddleware(TelemetryMiddleware(super().build_middleware_stack()))
 
 
 def create_app(settings: ServerSettings, state_factory: StateFactory | None = None) -> FastAPI:
@@ -110,7 +113,8 @@ def _api_routes() -> list[BaseRoute]:
     signature and builds its pydantic models (30 ms for all of them, per app otherwise). The
     routes hold no state of an app's, so every app may share them."""
     api = APIRouter()
-    modules = (chat, completions, responses, messages, models, legacy, web, tokenize, personas)
+    modules = (chat, completions, responses, messages, models, legacy, web, tokenize, personas,
+               metrics)  # fmt: skip
     for module in modules:
         api.include_router(module.router, responses=EVERY_ROUTE)
     return api.routes

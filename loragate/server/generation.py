@@ -18,8 +18,9 @@ from loragate.engine.types import (
     SamplingOptions,
     TokenLogprob,
 )
-from loragate.server.errors import RequestTimeoutError
+from loragate.server.errors import RequestTimeoutError, as_gateway_error
 from loragate.server.lifecycle import request_deadline
+from loragate.server.request_record import RequestRecord, current_record
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,34 @@ async def stream_updates(
     engine: Engine, prepared: Prepared, request_id: str
 ) -> AsyncIterator[GenerationUpdate]:
     """The engine's updates; the engine request is freed however the caller stops reading, or
-    when the request's deadline (--request-timeout) passes."""
+    when the request's deadline (--request-timeout) passes. Counted in the request's record."""
+    record = current_record()
+    if record is None:
+        async for update in _timed_updates(engine, prepared, request_id):
+            yield update
+        return
+    record.prompt_tokens += len(prepared.prompt_token_ids)
+    try:
+        async for update in _timed_updates(engine, prepared, request_id):
+            record.tokens_arrived(_new_tokens(update), update.queue_time_s)
+            yield update
+    except Exception as exc:
+        _note_failure(record, exc)
+        raise
+
+
+def _new_tokens(update: GenerationUpdate) -> int:
+    return sum(len(choice.token_ids) for choice in update.choices)
+
+
+def _note_failure(record: RequestRecord, exc: Exception) -> None:
+    error = as_gateway_error(exc)
+    record.engine_error_status = 500 if error is None else error.status
+
+
+async def _timed_updates(
+    engine: Engine, prepared: Prepared, request_id: str
+) -> AsyncIterator[GenerationUpdate]:
     deadline = request_deadline()
     async with aclosing(
         engine.generate(prepared.prompt_token_ids, prepared.options, request_id, prepared.adapter)

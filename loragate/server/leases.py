@@ -10,7 +10,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.requests import Request
 
+from loragate.adapters.errors import UnknownModelError
 from loragate.adapters.targets import ModelTarget
+from loragate.server.request_record import UNKNOWN_MODEL, RequestRecord, current_record
 from loragate.server.state import app_state, registry
 from loragate.server.streaming import EventStreamResponse, sse_events, until_disconnect
 
@@ -19,9 +21,30 @@ P = TypeVar("P")
 
 async def open_lease(request: Request, model: str | None) -> tuple[ModelTarget, AsyncExitStack]:
     """Resolve and lease `model`; the caller closes the stack when the response is done."""
+    record = current_record()
     stack = AsyncExitStack()
-    target = await stack.enter_async_context(registry(request).lease(model))
+    try:
+        target = await stack.enter_async_context(registry(request).lease(model))
+    except UnknownModelError:
+        if record is not None:
+            record.served(UNKNOWN_MODEL, None)
+        raise
+    except Exception:
+        if record is not None:  # a persona that exists but cannot be served now
+            _served_by_name(request, record, model)
+        raise
+    if record is not None:
+        record.served(target.name, target.version)
+    stack.callback(app_state(request).metrics.request_started(target.name, target.version or ""))
     return target, stack
+
+
+def _served_by_name(request: Request, record: RequestRecord, model: str | None) -> None:
+    persona = registry(request).find((model or "").partition("@")[0])
+    if persona is None:
+        record.served(UNKNOWN_MODEL, None)
+    else:
+        record.served(persona.name, persona.version)
 
 
 async def released_after(stream: AsyncIterator[str], stack: AsyncExitStack) -> AsyncIterator[str]:

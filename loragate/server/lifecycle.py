@@ -22,7 +22,7 @@ from loragate.server.limits import send_error
 logger = logging.getLogger(__name__)
 
 # The routes a load balancer or a monitor polls: never refused, never counted as work.
-PROBES = frozenset({"/health"})
+PROBES = frozenset({"/health", "/metrics"})
 ANTHROPIC_ROUTES = frozenset({"/v1/messages"})
 STOPPING = "The server is shutting down; send the request to another replica or retry later."
 # Left to the requests that were ended, to send their error before the server closes them.

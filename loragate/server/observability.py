@@ -1,10 +1,15 @@
-"""Request ids: taken from `X-Request-Id` or made, echoed back, and stamped on every log line."""
+"""Request ids: taken from `X-Request-Id` or made, echoed back, and stamped on every log line;
+and the log's two formats, text for people and JSON lines for log pipelines."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import uuid
 from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -53,13 +58,41 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, request id, message, and an access log
+    entry's fields (telemetry.access_fields) at the top level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", current_request_id()),
+            "message": record.getMessage(),
+        }
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            entry.update(access)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str, log_format: Literal["text", "json"] = "text") -> None:
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
-    )
+    json_lines = log_format == "json"
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger("loragate")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    if json_lines:
+        # vLLM's and uvicorn's lines too: vLLM then leaves its loggers to the root logger's
+        # handler (read when vLLM is first imported, after this).
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        logging.getLogger().handlers[:] = [handler]
+        logging.getLogger().setLevel(level.upper())

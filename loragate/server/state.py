@@ -17,6 +17,8 @@ from starlette.types import Scope
 from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.targets import SamplingDefaults
 from loragate.engine.protocol import Engine
+from loragate.server.exposition import watch_personas
+from loragate.server.metrics import GatewayMetrics
 from loragate.server.responses_store import ResponseStore
 from loragate.server.tool_calls import resolve_parser
 from loragate.settings import ServerSettings
@@ -40,6 +42,10 @@ class AppState:
     # Template rendering, tokenizing and engine-side checks: off the event loop, so that one
     # long prompt does not stall every open stream.
     preparer: ThreadPoolExecutor = field(default_factory=_preparer)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+
+    def __post_init__(self) -> None:
+        watch_personas(self.metrics, self.catalog, self.settings)
 
     @functools.cached_property
     def responses(self) -> ResponseStore:

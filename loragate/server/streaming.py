@@ -14,6 +14,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from loragate.server.errors import ClientClosedRequestError, GatewayError, as_gateway_error
+from loragate.server.request_record import current_record
+from loragate.server.state import scope_state
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,15 +52,23 @@ class EventStreamResponse(StreamingResponse):
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        record = current_record()
+        if record is not None:
+            record.streamed = True
+        open_streams = scope_state(scope).metrics.open_streams
+        open_streams.inc()
         stream = asyncio.ensure_future(self.stream_response(send))
         listen = asyncio.ensure_future(self.listen_for_disconnect(receive))
         try:
             await asyncio.wait({stream, listen}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if record is not None and listen.done() and not stream.done():
+                record.disconnected = True
             for task in (stream, listen):
                 task.cancel()
             await asyncio.gather(stream, listen, return_exceptions=True)
+            open_streams.dec()
         if stream.done() and not stream.cancelled() and stream.exception() is not None:
             raise stream.exception()  # type: ignore[misc]
 
@@ -76,6 +86,8 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         # Waiting for the cancelled work lets its cleanup (the engine abort) finish first.
         await asyncio.gather(task, watcher, return_exceptions=True)
     if task.cancelled():
+        if (record := current_record()) is not None:
+            record.disconnected = True
         logger.info("client disconnected; its request was aborted")
         raise ClientClosedRequestError("The client closed the connection before the reply.")
     return task.result()

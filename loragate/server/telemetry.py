@@ -1,0 +1,99 @@
+"""Around every HTTP request: its record opened on arrival (request_record.py), and, once its last
+byte is sent, the record counted in the metrics and written to the access log."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loragate.server.request_record import (
+    UNKNOWN_MODEL,
+    RequestRecord,
+    close_record,
+    open_record,
+)
+from loragate.server.state import AppState
+
+access_logger = logging.getLogger("loragate.access")
+# Polled by load balancers and Prometheus: counted in the metrics, kept out of the access log.
+QUIET_PATHS = frozenset({"/health", "/metrics"})
+
+
+class TelemetryMiddleware:
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        record = RequestRecord(method=scope["method"], path=scope["path"])
+        token = open_record(record)
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                record.body_bytes += len(message.get("body", b""))
+            return message
+
+        async def status_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, status_send)
+        finally:
+            record.finish()
+            record.route = _route_template(scope.get("route"))
+            close_record(token)
+            _report(scope, record)
+
+
+def _route_template(route: BaseRoute | None) -> str | None:
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+def _report(scope: Scope, record: RequestRecord) -> None:
+    state = getattr(scope["app"].state, "loragate", None)
+    if isinstance(state, AppState):  # absent before the lifespan ran (or after it failed)
+        state.metrics.request_finished(record, known=lambda name: _still_served(state, name))
+    if record.path not in QUIET_PATHS:
+        access_logger.info(_access_line(record), extra={"access": access_fields(record)})
+
+
+def _still_served(state: AppState, name: str) -> bool:
+    catalog = state.catalog
+    return name in (UNKNOWN_MODEL, catalog.base_name) or catalog.find(name) is not None
+
+
+def access_fields(record: RequestRecord) -> dict[str, object]:
+    """The access log's fields (one JSON object per request with --log-format json)."""
+    ttft = record.ttft_s
+    return {
+        "method": record.method,
+        "path": record.path,
+        "route": record.route,
+        "status": record.status or 500,
+        "model": record.model,
+        "version": record.version or None,
+        "outcome": record.outcome() if record.model is not None else None,
+        "stream": record.streamed,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "latency_s": round(record.elapsed_s(), 6),
+        "ttft_s": None if ttft is None else round(ttft, 6),
+        "body_bytes": record.body_bytes,
+    }
+
+
+def _access_line(record: RequestRecord) -> str:
+    line = f'"{record.method} {record.path}" {record.status or 500} {record.elapsed_s():.3f}s'
+    if record.model is not None:
+        at = f"@{record.version}" if record.version else ""
+        tokens = f"{record.prompt_tokens}+{record.completion_tokens}"
+        line += f" model={record.model}{at} tokens={tokens}"
+    return line + (" (client left)" if record.disconnected else "")
