@@ -325,6 +325,12 @@ class ServerSettings(EngineSettings):
         description="Log lines as text, or as one JSON object per line (with an access log "
         "entry per request: request id, route, status, model, tokens, latency).",
     )
+    otlp_traces_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector to send traces to (as vLLM's flag): a span per "
+        "request with gen_ai.* attributes, adapter loads, prefill and decode. OTLP over gRPC, "
+        "or HTTP with OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf. Needs the otel extra.",
+    )
     metrics_public: bool = Field(
         default=False,
         description="Serve GET /metrics without the API key (for a Prometheus that holds none). "

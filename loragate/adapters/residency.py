@@ -22,14 +22,21 @@ logger = logging.getLogger(__name__)
 
 
 class Residency:
-    def __init__(self, engine: Engine, capacity: int, lock_of: Callable[[str], asyncio.Lock]):
-        """`lock_of(name)`: the lock a persona's loads and swaps hold, taken to evict it."""
+    def __init__(
+        self,
+        engine: Engine,
+        capacity: int,
+        lock_of: Callable[[str], asyncio.Lock],
+        events: AdapterEvents | None = None,
+    ):
+        """`lock_of(name)`: the lock a persona's loads and swaps hold, taken to evict it;
+        `events` hears of each load, failed load and eviction."""
         self._engine = engine
         self._capacity = capacity
         self._lock_of = lock_of
         self._loaded: OrderedDict[int, Persona] = OrderedDict()  # least recently used first
         self._room = asyncio.Lock()
-        self.events: AdapterEvents = NoEvents()
+        self._events = events or NoEvents()
 
     def touch(self, persona: Persona) -> None:
         if persona.adapter is not None and persona.adapter.int_id in self._loaded:
@@ -50,7 +57,7 @@ class Residency:
             raise
         except Exception as exc:
             persona.fail(f"the engine refused the adapter: {exc}")
-            self.events.adapter_load_failed(persona.name, persona.version)
+            self._events.adapter_load_failed(persona.name, persona.version)
             self._loaded.pop(adapter.int_id, None)
             await self._forget(adapter.int_id)  # leave the engine as it was
             raise PersonaUnavailableError(
@@ -58,7 +65,7 @@ class Residency:
             ) from exc
         seconds = time.monotonic() - started
         persona.finish_loading(round(seconds, 4))
-        self.events.adapter_loaded(persona.name, persona.version, seconds)
+        self._events.adapter_loaded(persona.name, persona.version, seconds)
         logger.info("persona '%s' %s loaded in %.3f s (adapter id %d)",
                     persona.name, persona.version, persona.load_time_s, adapter.int_id)  # fmt: skip
 
@@ -111,7 +118,7 @@ class Residency:
         assert persona.adapter is not None
         self._loaded.pop(persona.adapter.int_id, None)
         persona.evicted()
-        self.events.adapter_evicted(persona.name, persona.version)
+        self._events.adapter_evicted(persona.name, persona.version)
         await self._engine.remove_adapter(persona.adapter.int_id)
 
     async def _forget(self, int_id: int) -> None:

@@ -34,6 +34,7 @@ from loragate.server.routers import (
 )
 from loragate.server.state import AppState, scope_state
 from loragate.server.telemetry import TelemetryMiddleware
+from loragate.server.tracing import RequestTracer, request_tracer
 from loragate.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -42,26 +43,37 @@ StateFactory = Callable[[ServerSettings], AbstractAsyncContextManager[AppState]]
 
 
 class Gateway(FastAPI):
+    tracer: RequestTracer | None = None
+
     def build_middleware_stack(self) -> ASGIApp:
         # Around Starlette's ServerErrorMiddleware, which `add_middleware` cannot reach: the 500
         # it renders for an unhandled exception carries the request id, and its log line too;
         # and it is counted in the metrics and the access log like any other response.
-        return RequestIdMiddleware(TelemetryMiddleware(super().build_middleware_stack()))
+        telemetry = TelemetryMiddleware(super().build_middleware_stack(), self.tracer)
+        return RequestIdMiddleware(telemetry)
 
 
-def create_app(settings: ServerSettings, state_factory: StateFactory | None = None) -> FastAPI:
-    """`state_factory` builds the engine and catalog; the default starts vLLM."""
+def create_app(
+    settings: ServerSettings,
+    state_factory: StateFactory | None = None,
+    tracer: RequestTracer | None = None,
+) -> FastAPI:
+    """`state_factory` builds the engine and catalog; the default starts vLLM. `tracer`: where
+    the spans go (default: --otlp-traces-endpoint's collector, if set)."""
     if state_factory is None:
         from loragate.server.runtime import vllm_state
 
         state_factory = vllm_state
 
     lifecycle = Lifecycle(settings.drain_timeout, settings.request_timeout)
+    tracer = tracer or request_tracer(settings.otlp_traces_endpoint)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with state_factory(settings) as state:
             app.state.loragate = state
+            if tracer is not None:
+                state.catalog.report_to(tracer)
             logger.info("serving %s (tool parser %s)", state.catalog.base_name, state.tool_parser)
             watch = _supervise(state.engine, lifecycle)
             try:
@@ -72,8 +84,11 @@ def create_app(settings: ServerSettings, state_factory: StateFactory | None = No
                 state.preparer.shutdown(wait=False, cancel_futures=True)
                 if "responses" in vars(state):  # opened on first use
                     state.responses.close()
+                if tracer is not None:
+                    tracer.shutdown()
 
     app = Gateway(title="loragate", version=loragate.__version__, lifespan=lifespan)
+    app.tracer = tracer
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
     install_openapi(app)

@@ -95,6 +95,7 @@ async def stream_updates(
             yield update
         return
     record.prompt_tokens += len(prepared.prompt_token_ids)
+    record.engine_started()
     try:
         async for update in _timed_updates(engine, prepared, request_id):
             record.tokens_arrived(_new_tokens(update), update.queue_time_s)

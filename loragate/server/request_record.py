@@ -19,6 +19,7 @@ class RequestRecord:
     method: str
     path: str
     started: float = field(default_factory=time.perf_counter)
+    started_ns: int = field(default_factory=time.time_ns)  # the same moment, on the wall clock
     route: str | None = None  # the matched route's template; None when nothing matched
     status: int | None = None
     body_bytes: int = 0
@@ -27,6 +28,7 @@ class RequestRecord:
     streamed: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    engine_started_at: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
     queue_time_s: float | None = None
@@ -44,6 +46,16 @@ class RequestRecord:
 
     def served(self, model: str, version: str | None) -> None:
         self.model, self.version = model, version or ""
+
+    def engine_started(self) -> None:
+        if self.engine_started_at is None:
+            self.engine_started_at = time.perf_counter()
+
+    def wall_ns(self, moment: float | None) -> int:
+        """A perf_counter() moment of this request on the wall clock (now for None)."""
+        if moment is None:
+            return time.time_ns()
+        return self.started_ns + int((moment - self.started) * 1e9)
 
     def tokens_arrived(self, new_tokens: int, queue_time_s: float | None) -> None:
         now = time.perf_counter()

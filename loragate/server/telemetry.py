@@ -1,5 +1,6 @@
-"""Around every HTTP request: its record opened on arrival (request_record.py), and, once its last
-byte is sent, the record counted in the metrics and written to the access log."""
+"""Around every HTTP request: its record opened on arrival (request_record.py) with its span
+when tracing, and, once its last byte is sent, the record counted in the metrics, written to the
+access log, and its span ended."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from loragate.server.request_record import (
     open_record,
 )
 from loragate.server.state import AppState
+from loragate.server.tracing import RequestTracer
 
 access_logger = logging.getLogger("loragate.access")
 # Polled by load balancers and Prometheus: counted in the metrics, kept out of the access log.
@@ -22,8 +24,9 @@ QUIET_PATHS = frozenset({"/health", "/metrics"})
 
 
 class TelemetryMiddleware:
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, tracer: RequestTracer | None = None):
         self.app = app
+        self.tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -31,6 +34,11 @@ class TelemetryMiddleware:
             return
         record = RequestRecord(method=scope["method"], path=scope["path"])
         token = open_record(record)
+        tracer = self.tracer
+        traced = None
+        if tracer is not None:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            traced = tracer.start(record, headers)
 
         async def counting_receive() -> Message:
             message = await receive()
@@ -50,6 +58,8 @@ class TelemetryMiddleware:
             record.route = _route_template(scope.get("route"))
             close_record(token)
             _report(scope, record)
+            if tracer is not None and traced is not None:
+                tracer.finish(*traced, record)
 
 
 def _route_template(route: BaseRoute | None) -> str | None:

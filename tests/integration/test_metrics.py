@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -196,3 +197,25 @@ def test_the_json_log_has_an_access_entry_per_request(
     assert access["model"] == BASE_MODEL and access["outcome"] == "ok"
     assert access["completion_tokens"] == 4 and access["prompt_tokens"] > 0
     assert access["latency_s"] >= access["ttft_s"] > 0
+
+
+DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "dashboards" / "loragate.json"
+METRIC_NAME = re.compile(r"\b(?:vllm:|loragate_)[a-zA-Z0-9_:]*")
+
+
+def test_every_metric_the_dashboard_queries_exists(
+    metered: Gateway, client: openai.OpenAI, adapters: dict[str, Path]
+) -> None:
+    with PersonaApi(metered) as api:
+        if api.get("m-alpha").status_code == 404:
+            api.put_ok("m-alpha", adapters["m-alpha"])  # into a full engine: one is evicted
+    client.chat.completions.create(model="m-alpha", messages=USER, max_tokens=4)
+    exprs = [
+        target["expr"]
+        for panel in json.loads(DASHBOARD.read_text())["panels"]
+        for target in panel["targets"]
+    ]
+    queried = {name for expr in exprs for name in METRIC_NAME.findall(expr)}
+    assert len(queried) >= 15
+    served = {name for name, _ in scrape(metered)}
+    assert queried - served == set()
