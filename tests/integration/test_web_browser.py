@@ -326,3 +326,40 @@ def test_phone_sized_screen(browser: Browser, gateway: Gateway) -> None:
         assert not phone.is_visible("#settings")
     finally:
         phone.context.close()
+
+
+STATUS_CELL = """([model, cls]) => {
+  const row = document.querySelector(`#status-rows tr[data-model="${model}"]`);
+  return row ? row.querySelector(`td.${cls}`).textContent : null;
+}"""
+
+
+def status_cell(page: Page, model: str, cls: str) -> str | None:
+    text: str | None = page.evaluate(STATUS_CELL, [model, cls])
+    return text
+
+
+def test_the_status_view_follows_a_reply_live(page: Page, persona: str) -> None:
+    page.wait_for_selector("body[data-status-ready=true]", timeout=30_000)
+    page.wait_for_selector(f'#status-rows tr[data-model="{persona}"]', timeout=30_000)
+    served = int(status_cell(page, persona, "served") or "0")
+    page.select_option("#persona", persona)
+    page.fill("#max-tokens", "8")
+    send(page, "Hello")
+    page.wait_for_selector('.msg.assistant[data-state]:not([data-state="streaming"])',
+                           timeout=REPLY_TIMEOUT_MS)  # fmt: skip
+    page.wait_for_function(
+        """([model, served]) => {
+          const row = document.querySelector(`#status-rows tr[data-model="${model}"]`);
+          return row && Number(row.querySelector("td.served").textContent) === served + 1
+            && row.querySelector("td.ttft").textContent.endsWith(" ms");
+        }""",
+        arg=[persona, served],
+        timeout=30_000,
+    )
+    assert status_cell(page, persona, "state") == "loaded"
+    assert status_cell(page, persona, "in-flight") == "0"
+    assert status_cell(page, BASE_MODEL, "state") == "base model"
+    ttft = status_cell(page, persona, "ttft")
+    assert ttft is not None and int(ttft.removesuffix(" ms")) > 0
+    page.locator(".status").screenshot(path=str(SCREENSHOTS / "06-status.png"))

@@ -16,6 +16,7 @@ from loragate.server.openapi import errors
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 ASSET_TYPES = {
     "app.js": "text/javascript; charset=utf-8",
+    "status.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 # The page may talk to its own origin only: nothing is fetched from the internet.
