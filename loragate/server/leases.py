@@ -19,9 +19,12 @@ from loragate.server.streaming import EventStreamResponse, sse_events, until_dis
 P = TypeVar("P")
 
 
-async def open_lease(request: Request, model: str | None) -> tuple[ModelTarget, AsyncExitStack]:
-    """Resolve and lease `model`; the caller closes the stack when the response is done."""
-    record = current_record()
+async def open_lease(
+    request: Request, model: str | None, *, counted: bool = True
+) -> tuple[ModelTarget, AsyncExitStack]:
+    """Resolve and lease `model`; the caller closes the stack when the response is done.
+    `counted`: a request of the model's in its metrics (tokenizing is not)."""
+    record = current_record() if counted else None
     stack = AsyncExitStack()
     try:
         target = await stack.enter_async_context(registry(request).lease(model))
@@ -35,7 +38,8 @@ async def open_lease(request: Request, model: str | None) -> tuple[ModelTarget, 
         raise
     if record is not None:
         record.served(target.name, target.version)
-    stack.callback(app_state(request).metrics.request_started(target.name, target.version or ""))
+        metrics = app_state(request).metrics
+        stack.callback(metrics.request_started(target.name, target.version or ""))
     return target, stack
 
 

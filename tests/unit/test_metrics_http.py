@@ -67,6 +67,8 @@ def test_requests_tokens_and_latencies_are_counted_per_persona_and_outcome(
     sdk.completions.create(model=BASE, prompt="x")
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="nobody", messages=USER)
+    tokenized = client.post("/tokenize", json={"model": "alpha", "prompt": "hi"})
+    assert tokenized.status_code == 200  # a tokenizer call, not a request of the persona's
     with pytest.raises(openai.BadRequestError):  # over the context: refused once resolved
         sdk.completions.create(model="beta", prompt="x" * 5000)
     with pytest.raises(openai.BadRequestError):  # invalid before any model is resolved

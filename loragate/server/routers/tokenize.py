@@ -23,7 +23,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     state = app_state(request)
     engine = state.engine
-    target, lease = await open_lease(request, body.model)
+    target, lease = await open_lease(request, body.model, counted=False)
     async with lease:
 
         def work() -> list[int]:
@@ -62,7 +62,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, str]:
     state = app_state(request)
     engine = state.engine
-    _, lease = await open_lease(request, body.model)
+    _, lease = await open_lease(request, body.model, counted=False)
     async with lease:
         check_token_ids(body.tokens, engine.vocab_size, "tokens")
         text = await state.off_loop(lambda: engine.tokenizer.decode(body.tokens))
