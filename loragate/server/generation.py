@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -90,19 +90,21 @@ async def stream_updates(
     """The engine's updates; the engine request is freed however the caller stops reading, or
     when the request's deadline (--request-timeout) passes. Counted in the request's record."""
     record = current_record()
-    if record is None:
-        async for update in _timed_updates(engine, prepared, request_id):
-            yield update
-        return
-    record.prompt_tokens += len(prepared.prompt_token_ids)
-    record.engine_started()
-    try:
-        async for update in _timed_updates(engine, prepared, request_id):
-            record.tokens_arrived(_new_tokens(update), update.queue_time_s)
-            yield update
-    except Exception as exc:
-        _note_failure(record, exc)
-        raise
+    # Closed with this generator, at once: its `finally` aborts the engine request.
+    async with aclosing(_timed_updates(engine, prepared, request_id)) as updates:
+        if record is None:
+            async for update in updates:
+                yield update
+            return
+        record.prompt_tokens += len(prepared.prompt_token_ids)
+        record.engine_started()
+        try:
+            async for update in updates:
+                record.tokens_arrived(_new_tokens(update), update.queue_time_s)
+                yield update
+        except Exception as exc:
+            _note_failure(record, exc)
+            raise
 
 
 def _new_tokens(update: GenerationUpdate) -> int:
@@ -116,7 +118,7 @@ def _note_failure(record: RequestRecord, exc: Exception) -> None:
 
 async def _timed_updates(
     engine: Engine, prepared: Prepared, request_id: str
-) -> AsyncIterator[GenerationUpdate]:
+) -> AsyncGenerator[GenerationUpdate, None]:
     deadline = request_deadline()
     async with aclosing(
         engine.generate(prepared.prompt_token_ids, prepared.options, request_id, prepared.adapter)
