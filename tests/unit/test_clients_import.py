@@ -75,7 +75,7 @@ def test_clients_import_without_torch_or_vllm(light_venv: Path) -> None:
     assert probe["installed"] == dict.fromkeys(HEAVY, False)
     assert not set(HEAVY) & set(probe["loaded"])
     assert probe["base_url"] == "http://127.0.0.1:9/v1/"
-    assert probe["web"] == ["app.js", "index.html", "style.css"]
+    assert probe["web"] == ["app.js", "index.html", "status.js", "style.css"]
     assert probe["langchain_error"] in ("langchain_core", "langchain_openai")
 
 
