@@ -71,7 +71,8 @@ class EngineSettings(_LoragateSettings):
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
         default=None,
-        description="Weights and activations dtype. Default: bfloat16 on the CPU; auto on a GPU "
+        description="Weights and activations dtype. Default: bfloat16 on a CPU that computes it "
+        "natively (AVX-512 BF16 or AMX on x86), float32 on one that does not; auto on a GPU "
         "(the model's bf16, or fp16 on GPUs without it, such as the T4).",
     )
     kv_cache_memory_fraction: float | None = Field(

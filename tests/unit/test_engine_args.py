@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any, get_args
 
 import pytest
+import torch
 import vllm.platforms
 from vllm.config.lora import MaxLoRARanks
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.platforms import CpuArchEnum, current_platform
 
 from loragate.cli import build_parser
 from loragate.cli_settings import settings_from_arguments
@@ -78,13 +80,33 @@ def kwargs_for(platform: Platform, *argv: str) -> dict[str, Any]:
 
 
 def test_vllm_detects_this_machine_as_a_cpu() -> None:
-    assert detect_platform() == Platform(name="cpu", is_cpu=True)
+    bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert detect_platform() == Platform(name="cpu", is_cpu=True, native_bf16=bf16)
 
 
-def test_cpu_defaults() -> None:
-    kwargs = kwargs_for(detect_platform())
+@pytest.mark.parametrize(
+    ("arch", "avx512_bf16", "amx", "native"),
+    [
+        (CpuArchEnum.X86, False, False, False),  # AVX-512 or AVX2 only: bf16 emulated
+        (CpuArchEnum.X86, True, False, True),  # Cooper Lake, Zen 4
+        (CpuArchEnum.X86, False, True, True),  # Sapphire Rapids and later
+        (CpuArchEnum.ARM, False, False, True),  # bf16 by vLLM's supported_dtypes
+    ],
+)
+def test_a_cpu_computes_bf16_natively_by_vllm_and_torch(
+    monkeypatch: pytest.MonkeyPatch, arch: CpuArchEnum, avx512_bf16: bool, amx: bool, native: bool
+) -> None:
+    monkeypatch.setattr(current_platform, "get_cpu_architecture", lambda: arch)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert detect_platform().native_bf16 is native
+
+
+@pytest.mark.parametrize(("native_bf16", "dtype"), [(True, "bfloat16"), (False, "float32")])
+def test_cpu_defaults(native_bf16: bool, dtype: str) -> None:
+    kwargs = kwargs_for(Platform("cpu", is_cpu=True, native_bf16=native_bf16))
     assert kwargs["gpu_memory_utilization"] == 0.3  # of one NUMA node's RAM, for the KV cache
-    assert (kwargs["dtype"], kwargs["max_num_seqs"]) == ("bfloat16", 64)
+    assert (kwargs["dtype"], kwargs["max_num_seqs"]) == (dtype, 64)
     assert kwargs["max_model_len"] == -1  # the model's own, fitted to the KV cache
 
 
