@@ -339,17 +339,20 @@ class SupervisedEngine:
     async def _watch_health(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
-            if self.state != "ok":
-                continue
-            engine = self._engine
-            try:
-                await engine.check_health()
-            except EngineDeadError:
-                self._died(engine, "the health check found it dead")
-                continue
-            if self._hung():
-                self._died(engine, f"no token for {self._supervision.watchdog_s:g} s with "
-                                   f"{len(self._active)} requests in flight")  # fmt: skip
+            if self.state == "ok":
+                await self._check_health(self._engine)
+
+    async def _check_health(self, engine: Engine) -> None:
+        # A frame of its own: a local of the watcher's loop would keep a dead engine alive
+        # through its sleeps, until the next check after the restart.
+        try:
+            await engine.check_health()
+        except EngineDeadError:
+            self._died(engine, "the health check found it dead")
+            return
+        if self._hung():
+            self._died(engine, f"no token for {self._supervision.watchdog_s:g} s with "
+                               f"{len(self._active)} requests in flight")  # fmt: skip
 
     def _hung(self) -> bool:
         watchdog = self._supervision.watchdog_s

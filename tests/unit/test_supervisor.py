@@ -4,6 +4,8 @@ on what it takes in, and the interruption of a stopping server."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -113,6 +115,28 @@ async def test_while_it_restarts_requests_and_health_say_retry_after() -> None:
         gate.set()
         await until(lambda: engine.state == "ok")
         await engine.check_health()
+
+
+async def test_the_dead_engine_is_freed_once_the_new_one_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    starts = Starts()
+    async with supervised(starts) as engine:
+        gate = asyncio.Event()
+
+        async def slow_reload() -> None:
+            await gate.wait()
+
+        engine.on_restart(slow_reload)
+        starts.engines[0].kill()
+        dead = weakref.ref(starts.engines.pop())
+        await until(lambda: engine.state == "recovering")  # found by the health check
+        monkeypatch.setattr(supervisor, "HEALTH_INTERVAL_S", 3600.0)
+        await asyncio.sleep(0.1)  # the watcher's next sleep is the long one
+        gate.set()
+        await until(lambda: engine.state == "ok")
+        gc.collect()
+        assert dead() is None
 
 
 async def test_too_many_deaths_within_the_window_fail_for_good() -> None:
