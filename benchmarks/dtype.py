@@ -35,7 +35,7 @@ async def _drive(
         await run_level(session, endpoint, warm, 8)
         for concurrency in levels:
             bodies = [
-                chat_body(DEFAULT_MODEL_NAME, f"Tell story number {i} of {dtype}.", tokens, True)
+                chat_body(DEFAULT_MODEL_NAME, f"Tell story number {i}.", tokens, True)
                 for i in range(max(requests, concurrency))
             ]
             run = await run_level(session, endpoint, bodies, concurrency)

@@ -19,8 +19,8 @@ from loragate.settings import EngineSettings
 # cache, and vLLM's 0.9 does not fit there beside the weights and the rest of the system.
 CPU_KV_CACHE_FRACTION = 0.3
 # bf16 where the CPU computes it natively (the embedded model is stored in it). An x86 CPU
-# without AVX-512 BF16 or AMX emulates it through fp32 and is slower than in fp32 itself: 81.6
-# against 189.5 tokens/s at 16 concurrent requests on a 2-core Xeon with AVX-512 only.
+# without AVX-512 BF16 or AMX emulates it, slower than fp32 itself: 68.6 against 113.2 tokens/s
+# at 16 concurrent streams on a 2-core Xeon with AVX-512 only (`python -m benchmarks.dtype`).
 CPU_DTYPE = "bfloat16"
 CPU_DTYPE_WITHOUT_BF16 = "float32"
 # Enough for the CPU's throughput; vLLM's CPU server default (128 per worker) only adds
@@ -61,14 +61,15 @@ def detect_platform() -> Platform:
 
 
 def _cpu_computes_bf16() -> bool:
-    """vLLM's own test for its bf16 CPU kernels (AVX-512 BF16), or AMX; other architectures
-    (Arm, POWER, RISC-V) compute bf16 natively by vLLM's `supported_dtypes`."""
+    """On x86, vLLM's own test for its bf16 CPU kernels (AVX-512 BF16), or AMX: vLLM lists bf16
+    there whether or not the CPU has them. Elsewhere (Arm, POWER, RISC-V), vLLM's
+    `supported_dtypes`, which leaves bf16 out where the CPU lacks it (Apple's M1)."""
     import torch
     from vllm.platforms import CpuArchEnum, current_platform
 
-    if current_platform.get_cpu_architecture() != CpuArchEnum.X86:
-        return True
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if current_platform.get_cpu_architecture() == CpuArchEnum.X86:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return torch.bfloat16 in current_platform.supported_dtypes
 
 
 class UnknownEngineArgumentError(ValueError):

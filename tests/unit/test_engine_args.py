@@ -90,7 +90,8 @@ def test_vllm_detects_this_machine_as_a_cpu() -> None:
         (CpuArchEnum.X86, False, False, False),  # AVX-512 or AVX2 only: bf16 emulated
         (CpuArchEnum.X86, True, False, True),  # Cooper Lake, Zen 4
         (CpuArchEnum.X86, False, True, True),  # Sapphire Rapids and later
-        (CpuArchEnum.ARM, False, False, True),  # bf16 by vLLM's supported_dtypes
+        (CpuArchEnum.ARM, False, False, True),  # Linux on Arm: bf16 by vLLM's supported_dtypes
+        (CpuArchEnum.POWERPC, False, False, True),
     ],
 )
 def test_a_cpu_computes_bf16_natively_by_vllm_and_torch(
@@ -100,6 +101,22 @@ def test_a_cpu_computes_bf16_natively_by_vllm_and_torch(
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert detect_platform().native_bf16 is native
+
+
+def test_an_arm_cpu_without_bf16_in_vllms_dtypes_gets_float32(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class ArmWithoutBf16(type(current_platform)):  # type: ignore[misc]
+        supported_dtypes = (torch.float16, torch.float32)  # vLLM's answer on an M1
+
+        @classmethod
+        def get_cpu_architecture(cls) -> CpuArchEnum:
+            return CpuArchEnum.ARM
+
+    monkeypatch.setattr(vllm.platforms, "_current_platform", ArmWithoutBf16())
+    platform = detect_platform()
+    assert not platform.native_bf16
+    assert kwargs_for(platform)["dtype"] == "float32"
 
 
 @pytest.mark.parametrize(("native_bf16", "dtype"), [(True, "bfloat16"), (False, "float32")])
