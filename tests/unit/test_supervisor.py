@@ -72,6 +72,17 @@ async def supervised(
         await engine.shutdown()
 
 
+def held_restarts(engine: SupervisedEngine) -> asyncio.Event:
+    """A restart stays `recovering` (its state being restored) until the event is set."""
+    gate = asyncio.Event()
+
+    async def slow_reload() -> None:
+        await gate.wait()
+
+    engine.on_restart(slow_reload)
+    return gate
+
+
 async def test_a_death_ends_the_requests_in_flight_and_a_new_engine_takes_over() -> None:
     starts = Starts()
     async with supervised(starts) as engine:
@@ -99,12 +110,7 @@ async def test_a_death_ends_the_requests_in_flight_and_a_new_engine_takes_over()
 async def test_while_it_restarts_requests_and_health_say_retry_after() -> None:
     starts = Starts()
     async with supervised(starts) as engine:
-        gate = asyncio.Event()
-
-        async def slow_reload() -> None:
-            await gate.wait()
-
-        engine.on_restart(slow_reload)
+        gate = held_restarts(engine)
         starts.engines[0].kill()
         await until(lambda: engine.state == "recovering")
         with pytest.raises(EngineUnavailableError) as refused:
@@ -122,12 +128,7 @@ async def test_the_dead_engine_is_freed_once_the_new_one_serves(
 ) -> None:
     starts = Starts()
     async with supervised(starts) as engine:
-        gate = asyncio.Event()
-
-        async def slow_reload() -> None:
-            await gate.wait()
-
-        engine.on_restart(slow_reload)
+        gate = held_restarts(engine)
         starts.engines[0].kill()
         dead = weakref.ref(starts.engines.pop())
         await until(lambda: engine.state == "recovering")  # found by the health check
