@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.loadgen import client_session, run_level
+from benchmarks.plan import BASE
 from benchmarks.servers import loragate_spec, running
 from benchmarks.stats import LevelResult, summarise
 from benchmarks.workload import chat_body
@@ -39,7 +40,7 @@ async def _drive(
                 for i in range(max(requests, concurrency))
             ]
             run = await run_level(session, endpoint, bodies, concurrency)
-            results.append(summarise(dtype, "base", concurrency, [run]))
+            results.append(summarise(dtype, BASE, concurrency, [run]))
     return results
 
 
