@@ -110,8 +110,9 @@ def _extra_commands() -> list[
     from loragate.adapters.training.cli import add_train_command
     from loragate.clients.chat import register_chat_command
     from loragate.download import add_download_command
+    from loragate.tenants.cli import add_keys_command
 
-    return [register_chat_command, add_train_command, add_download_command]
+    return [register_chat_command, add_train_command, add_download_command, add_keys_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -236,10 +236,19 @@ class ServerSettings(EngineSettings):
     )
     api_key: str | None = Field(
         default=None,
-        description="When set, every route but /health needs `Authorization: Bearer <key>`.",
+        description="A built-in key that may use every persona: once it or any key of "
+        "`loragate keys` exists, every route but /health needs `Authorization: Bearer <key>`.",
     )
     admin_key: str | None = Field(
-        default=None, description="When set, routes that change personas need this bearer key."
+        default=None,
+        description="A built-in admin key: when set, routes that change personas or keys need "
+        "it (or a key made with `loragate keys create --admin`).",
+    )
+    keys_file: Path | None = Field(
+        default=None,
+        description="TOML file of keys as configuration ([[key]] tables with the secret's "
+        "digest), beside those `loragate keys create` stores; a file's key wins over a stored "
+        "key of the same name.",
     )
     personas_dir: list[Path] = Field(
         default_factory=list,

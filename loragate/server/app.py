@@ -23,6 +23,7 @@ from loragate.server.openapi import EVERY_ROUTE, install_openapi
 from loragate.server.routers import (
     chat,
     completions,
+    keys,
     legacy,
     messages,
     metrics,
@@ -81,9 +82,7 @@ def create_app(
             finally:
                 if watch is not None:
                     watch.cancel()
-                state.preparer.shutdown(wait=False, cancel_futures=True)
-                if "responses" in vars(state):  # opened on first use
-                    state.responses.close()
+                state.close()
                 if tracer is not None:
                     tracer.shutdown()
 
@@ -129,7 +128,7 @@ def _api_routes() -> list[BaseRoute]:
     routes hold no state of an app's, so every app may share them."""
     api = APIRouter()
     modules = (chat, completions, responses, messages, models, legacy, web, tokenize, personas,
-               metrics)  # fmt: skip
+               keys, metrics)  # fmt: skip
     for module in modules:
         api.include_router(module.router, responses=EVERY_ROUTE)
     return api.routes

@@ -1,13 +1,14 @@
-"""Bearer-key checks as FastAPI dependencies: the API key, and the admin key for personas."""
+"""Bearer-key checks as FastAPI dependencies: any usable key for the API, an administering key
+for the persona and key APIs. The key found is the request's for the rest of it (access,
+limits, usage)."""
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import Request
 
-from loragate.server.errors import AuthenticationError
-from loragate.server.state import settings
+from loragate.server.request_record import current_record
+from loragate.server.state import app_state
+from loragate.tenants.keys import ApiKey
 
 
 def presented_key(request: Request) -> str | None:
@@ -17,22 +18,25 @@ def presented_key(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key")
 
 
-def _check(request: Request, expected: str | None, what: str) -> None:
-    if expected is None:
-        return
-    given = presented_key(request)
-    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise AuthenticationError(
-            f"Incorrect or missing {what}: send 'Authorization: Bearer <key>' or "
-            "'x-api-key: <key>'."
-        )
+def _authenticate(request: Request, *, admin: bool) -> ApiKey:
+    key = app_state(request).keyring.authenticate(presented_key(request), admin=admin)
+    request.state.api_key = key
+    record = current_record()
+    if record is not None:
+        record.key_name = key.name
+    return key
+
+
+def request_key(request: Request) -> ApiKey:
+    """The key the route's dependency authenticated."""
+    key = getattr(request.state, "api_key", None)
+    assert isinstance(key, ApiKey), "the route has no key dependency"
+    return key
 
 
 async def require_api_key(request: Request) -> None:
-    _check(request, settings(request).api_key, "API key")
+    _authenticate(request, admin=False)
 
 
 async def require_admin_key(request: Request) -> None:
-    s = settings(request)
-    # With an admin key, persona changes need it; without one, the API key (if any) suffices.
-    _check(request, s.admin_key or s.api_key, "admin key" if s.admin_key else "API key")
+    _authenticate(request, admin=True)

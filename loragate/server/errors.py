@@ -39,6 +39,16 @@ from loragate.engine.protocol import (
     EngineRequestError,
     EngineUnavailableError,
 )
+from loragate.tenants.errors import (
+    InvalidKeyError,
+    KeyExistsError,
+    KeyNotFoundError,
+    KeyStoreError,
+    ModelNotAllowedError,
+    RateLimitedError,
+    TenantError,
+)
+from loragate.tenants.keyring import UnauthenticatedError
 from loragate.validation_errors import first_problem
 
 logger = logging.getLogger(__name__)
@@ -49,6 +59,7 @@ class GatewayError(Exception):
     type: str = "internal_error"
     code: str | None = None
     retry_after: float | None = None  # seconds: the Retry-After header of a 429 or 503
+    extra_headers: Mapping[str, str] = {}  # e.g. a refused key's x-ratelimit-*
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -62,8 +73,13 @@ class GatewayError(Exception):
 
     def headers(self) -> dict[str, str] | None:
         if self.retry_after is None:
-            return None
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+            return dict(self.extra_headers) or None
+        # retry-after-ms first: openai-python's and anthropic-sdk's retries read it to the ms.
+        return {
+            **self.extra_headers,
+            "retry-after-ms": str(max(1, math.ceil(self.retry_after * 1000))),
+            "Retry-After": str(max(1, math.ceil(self.retry_after))),
+        }
 
     def response(self, body: dict[str, Any] | None = None) -> JSONResponse:
         """This error as a response: OpenAI's envelope unless another `body` is given."""
@@ -78,12 +94,6 @@ class BadRequestError(GatewayError):
 
 class ContextLengthError(BadRequestError):
     code = "context_length_exceeded"
-
-
-class AuthenticationError(GatewayError):
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
 
 
 class NotFoundError(GatewayError):
@@ -151,6 +161,14 @@ DOMAIN_ERRORS: Mapping[type[Exception], HttpShape] = {
     ),
     EngineUnavailableError: HttpShape(503, "service_unavailable_error", "engine_unavailable"),
     EngineOverloadedError: HttpShape(429, "rate_limit_error", "server_overloaded"),
+    UnauthenticatedError: HttpShape(401, "authentication_error", "invalid_api_key"),
+    # openai-python raises PermissionDeniedError for a 403, anthropic-sdk too.
+    ModelNotAllowedError: HttpShape(403, "permission_error", "model_not_allowed"),
+    RateLimitedError: HttpShape(429, "rate_limit_error", "rate_limit_exceeded"),
+    InvalidKeyError: HttpShape(400, _INVALID, "invalid_key"),
+    KeyExistsError: HttpShape(400, _INVALID, "key_exists"),
+    KeyNotFoundError: HttpShape(404, "not_found_error", "key_not_found"),
+    KeyStoreError: HttpShape(503, "service_unavailable_error", "key_store_unavailable"),
 }
 
 
@@ -162,11 +180,12 @@ def as_gateway_error(exc: BaseException) -> GatewayError | None:
     if shape is None:
         return None
     error = GatewayError(
-        shape.prefix + (exc.message if isinstance(exc, PersonaError) else str(exc)),
+        shape.prefix + (exc.message if isinstance(exc, PersonaError | TenantError) else str(exc)),
         param=getattr(exc, "param", None),
     )
     error.status, error.type, error.code = shape.status, shape.type, shape.code
     error.retry_after = getattr(exc, "retry_after", None)
+    error.extra_headers = getattr(exc, "rate_limit_headers", {})
     return error
 
 

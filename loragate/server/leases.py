@@ -15,24 +15,32 @@ from loragate.adapters.targets import ModelTarget
 from loragate.server.request_record import UNKNOWN_MODEL, RequestRecord, current_record
 from loragate.server.state import app_state, registry
 from loragate.server.streaming import EventStreamResponse, sse_events, until_disconnect
+from loragate.server.tenancy import admit, check_access, visible_models
 
 P = TypeVar("P")
 
 
 async def open_lease(
-    request: Request, model: str | None, *, counted: bool = True
+    request: Request, model: str | None, *, counted: bool = True, reserve_tokens: int = 0
 ) -> tuple[ModelTarget, AsyncExitStack]:
-    """Resolve and lease `model`; the caller closes the stack when the response is done.
-    `counted`: a request of the model's in its metrics (tokenizing is not)."""
+    """Check the key's access and limits, then resolve and lease `model`; the caller closes the
+    stack when the response is done. `counted`: a request of the model's in its metrics and
+    its key's limits (tokenizing is not); `reserve_tokens`: its completion's most."""
     record = current_record() if counted else None
     stack = AsyncExitStack()
     try:
+        key = check_access(request, model)
+        if counted:
+            await admit(request, key, stack, reserve_tokens)
         target = await stack.enter_async_context(registry(request).lease(model))
-    except UnknownModelError:
+    except UnknownModelError as exc:
+        await stack.aclose()
         if record is not None:
             record.served(UNKNOWN_MODEL, None)
-        raise
+        # Only the models this key may use: the others are none of its business.
+        raise UnknownModelError(model or "", visible_models(key, registry(request))) from exc
     except Exception:
+        await stack.aclose()
         if record is not None:  # a persona that exists but cannot be served now
             _served_by_name(request, record, model)
         raise
@@ -66,11 +74,12 @@ async def respond(
     whole: Callable[[P, ModelTarget], Awaitable[BaseModel]],
     chunks: Callable[[P, ModelTarget], AsyncIterator[BaseModel]],
     encode: Callable[[AsyncIterator[BaseModel]], AsyncIterator[str]] = sse_events,
+    reserve_tokens: int = 0,
 ) -> Response:
     """Lease the model, prepare the request (errors are plain HTTP errors), then answer it whole
     or as SSE (`encode` writes the events: OpenAI's chat chunks by default); the lease lasts
     until the last byte, and a departed client cancels the work."""
-    target, lease = await open_lease(request, model)
+    target, lease = await open_lease(request, model, reserve_tokens=reserve_tokens)
     try:
         prepared = await app_state(request).off_loop(lambda: prepare(target))
     except BaseException:

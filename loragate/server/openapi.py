@@ -21,9 +21,12 @@ Responses = dict[int | str, dict[str, Any]]
 _ERRORS = {
     400: "Malformed JSON, an invalid field (named in `param`), or a prompt over the context.",
     401: "A missing or wrong API key (the admin key, for the routes that change personas).",
+    403: "The API key may not use this model (the message lists those it may use), or may not "
+    "administer.",
     404: "No model, persona, adapter or asset by that name; the message lists the valid ones.",
     413: "The request body is larger than --max-request-body-bytes.",
-    429: "The engine's queue is full (--max-waiting-requests): retry after Retry-After seconds.",
+    429: "The engine's queue is full (--max-waiting-requests), or the key is over one of its "
+    "limits (its x-ratelimit-* headers say which): retry after Retry-After seconds.",
     500: "An unexpected error in the gateway.",
     503: "The engine is restarting (with Retry-After), or dead; or the server is draining "
     "before it stops (with Retry-After): another replica can take the request.",
@@ -64,7 +67,7 @@ GENERATION = {
             }
         },
     },
-    **errors(400, 401, 404, 429, 503, 504),
+    **errors(400, 401, 403, 404, 429, 503, 504),
 }
 
 
@@ -88,7 +91,7 @@ MESSAGES: Responses = {
     },
     **{
         status: {"description": _ERRORS[status], "content": _ANTHROPIC_ENVELOPE}
-        for status in (400, 401, 404, 429, 500, 503, 504)
+        for status in (400, 401, 403, 404, 429, 500, 503, 504)
     },
 }
 

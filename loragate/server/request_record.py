@@ -36,6 +36,9 @@ class RequestRecord:
     engine_error_status: int | None = None  # an error after the response started (a stream's)
     disconnected: bool = False
     finished_at: float | None = None
+    key_name: str | None = None  # the API key's name, once authenticated (never its secret)
+    # Sent with the response's head: the x-ratelimit-* of the key's limits.
+    response_headers: dict[str, str] = field(default_factory=dict)
 
     def finish(self) -> None:
         self.finished_at = time.perf_counter()

@@ -22,6 +22,11 @@ from loragate.server.metrics import GatewayMetrics
 from loragate.server.responses_store import ResponseStore
 from loragate.server.tool_calls import resolve_parser
 from loragate.settings import ServerSettings
+from loragate.tenants.key_store import KeyStore
+from loragate.tenants.keyring import KeyRing, builtin_keys
+from loragate.tenants.keys_file import read_keys_file
+from loragate.tenants.limiter import InProcessLimiter, Limiter
+from loragate.tenants.usage import UsageLog
 
 T = TypeVar("T")
 
@@ -51,6 +56,31 @@ class AppState:
     def responses(self) -> ResponseStore:
         """The stored responses of /v1/responses, in --state-dir."""
         return ResponseStore(self.settings.state_dir)
+
+    @functools.cached_property
+    def keyring(self) -> KeyRing:
+        """Who may call: --api-key, --admin-key, the --keys-file's and the stored keys."""
+        s = self.settings
+        file_keys = read_keys_file(s.keys_file) if s.keys_file is not None else {}
+        return KeyRing(builtin_keys(s.api_key, s.admin_key), KeyStore(s.state_dir), file_keys)
+
+    @functools.cached_property
+    def limiter(self) -> Limiter:
+        return InProcessLimiter()
+
+    @functools.cached_property
+    def usage(self) -> UsageLog:
+        """A row per finished request of a model, in --state-dir."""
+        return UsageLog(self.settings.state_dir)
+
+    def close(self) -> None:
+        """What the lifespan ends: the stores opened on first use, the preparing thread."""
+        self.preparer.shutdown(wait=False, cancel_futures=True)
+        for opened in ("responses", "usage"):
+            if opened in vars(self):
+                vars(self)[opened].close()
+        if "keyring" in vars(self):
+            self.keyring.store.close()
 
     @functools.cached_property
     def tool_parser(self) -> str:

@@ -5,6 +5,7 @@ access log, and its span ended."""
 from __future__ import annotations
 
 import logging
+import time
 
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +18,7 @@ from loragate.server.request_record import (
 )
 from loragate.server.state import AppState
 from loragate.server.tracing import RequestTracer
+from loragate.tenants.usage import UsageRow
 
 access_logger = logging.getLogger("loragate.access")
 # Polled by load balancers and Prometheus: counted in the metrics, kept out of the access log.
@@ -49,6 +51,9 @@ class TelemetryMiddleware:
         async def status_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
+                if record.response_headers:
+                    extra = [(k.encode(), v.encode()) for k, v in record.response_headers.items()]
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         try:
@@ -71,8 +76,25 @@ def _report(scope: Scope, record: RequestRecord) -> None:
     state = getattr(scope["app"].state, "loragate", None)
     if isinstance(state, AppState):  # absent before the lifespan ran (or after it failed)
         state.metrics.request_finished(record, known=lambda name: _still_served(state, name))
+        if record.key_name is not None and record.model is not None:
+            state.usage.add(usage_row(record))
     if record.path not in QUIET_PATHS:
         access_logger.info(_access_line(record), extra={"access": access_fields(record)})
+
+
+def usage_row(record: RequestRecord) -> UsageRow:
+    """A request that named a model, as its key's usage (errors too, with no tokens)."""
+    assert record.key_name is not None and record.model is not None
+    return UsageRow(
+        key=record.key_name,
+        persona=record.model,
+        version=record.version,
+        route=record.route or record.path,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        status=499 if record.disconnected else record.engine_error_status or record.status or 500,
+        at=time.time(),
+    )
 
 
 def _still_served(state: AppState, name: str) -> bool:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import atexit
+import os
 import re
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -27,6 +31,12 @@ from loragate.engine.fake import FakeEngine, Hold
 from loragate.server.app import StateFactory, create_app
 from loragate.server.state import AppState
 from loragate.settings import ServerSettings
+
+# The state directory's default is the user's (~/.local/state/loragate): its keys would decide
+# who may call every app here. The tests get one of their own, empty, unless they name another.
+os.environ["XDG_STATE_HOME"] = _STATE_HOME = tempfile.mkdtemp(prefix="loragate-tests-state-")
+atexit.register(shutil.rmtree, _STATE_HOME, ignore_errors=True)
+os.environ.pop("LORAGATE_STATE_DIR", None)
 
 # `make unit` deselects the slow tests; a module slow as a whole (its `pytestmark` says so, as a
 # module that needs torch or vLLM does) is then not even imported, which alone takes seconds.

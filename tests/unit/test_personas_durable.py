@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from openai.types.chat import ChatCompletionMessageParam
 
+from loragate import state_db
 from loragate.adapters import persona_store
 from loragate.adapters.persona_store import DATABASE, MIGRATIONS, PersonaStore
 from tests.unit import personas_support
@@ -214,7 +215,7 @@ def write_locked(database: Path) -> Iterator[None]:
 def test_a_locked_database_refuses_changes_with_a_503_and_changes_nothing(
     tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(persona_store, "BUSY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(state_db, "BUSY_TIMEOUT_S", 0.05)
     engine = CountingEngine(load_delay=0)
     with serving(tmp_path, root, engine=engine) as client:
         put(client, "a", write_bundle(root / "a", version="1"))

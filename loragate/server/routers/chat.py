@@ -25,6 +25,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         request,
         body.model,
         stream=body.stream,
+        reserve_tokens=body.token_budget() or 0,
         prepare=lambda target: prepare_chat(engine, target, body, defaults, parser),
         whole=lambda prepared, target: chat_completion(engine, prepared, target.name, request_id),
         chunks=lambda prepared, target: chat_stream(

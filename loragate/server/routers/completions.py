@@ -26,6 +26,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         request,
         body.model,
         stream=body.stream,
+        reserve_tokens=(body.max_tokens or 0) * (body.n or 1),
         prepare=lambda target: prepare_completions(engine, target, body, defaults, max_sequences),
         whole=lambda prepared, target: completion(
             engine, prepared, target.name, request_id, body.echo

@@ -76,11 +76,12 @@ def _prepare(state: AppState, target: ModelTarget, body: LegacyPromptRequest) ->
     return prepare(engine, ids, options, target.adapter)
 
 
-@router.post("/", responses=errors(400, 401, 404, 503), openapi_extra=LEGACY_BODY)
+@router.post("/", responses=errors(400, 401, 403, 404, 429, 503), openapi_extra=LEGACY_BODY)
 async def legacy_prompt(request: Request) -> dict[str, Any]:
     body = await _parse(request)
     state = app_state(request)
-    target, lease = await open_lease(request, body.model or body.persona)
+    reserve = body.max_new_tokens or state.settings.legacy_max_new_tokens
+    target, lease = await open_lease(request, body.model or body.persona, reserve_tokens=reserve)
     async with lease:
         prepared = await state.off_loop(lambda: _prepare(state, target, body))
         result = await until_disconnect(

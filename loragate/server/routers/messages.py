@@ -53,6 +53,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
         request,
         body.model,
         stream=body.stream,
+        reserve_tokens=body.max_tokens,
         # Off the event loop, as chat prepares: the translation checks the tools' JSON schemas.
         prepare=lambda target: prepare_chat(engine, target, chat_request(body), defaults, parser),
         whole=lambda prepared, target: message(engine, prepared, target.name, message_id),

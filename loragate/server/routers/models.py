@@ -7,12 +7,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 import loragate
+from loragate.adapters.errors import UnknownModelError
 from loragate.engine.protocol import Engine, EngineDeadError, EngineUnavailableError
-from loragate.server.auth import require_api_key
+from loragate.server.auth import request_key, require_api_key
 from loragate.server.errors import ErrorDetail, ServerStoppingError, as_gateway_error
 from loragate.server.lifecycle import STOPPING, lifecycle_of
 from loragate.server.openapi import Responses, errors
 from loragate.server.state import engine, registry
+from loragate.server.tenancy import check_access, may_use, visible_models
 
 router = APIRouter()
 
@@ -24,8 +26,21 @@ async def _live(running: Engine) -> Engine:
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)], responses=errors(401))
 async def list_models(request: Request) -> dict[str, Any]:
-    cards = registry(request).model_cards()
+    key, catalog = request_key(request), registry(request)
+    cards = [card for card in catalog.model_cards() if may_use(key, catalog, card.id)]
     return {"object": "list", "data": [card.model_dump(mode="json") for card in cards]}
+
+
+@router.get(
+    "/v1/models/{model}", dependencies=[Depends(require_api_key)], responses=errors(401, 403, 404)
+)
+async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
+    """One model's card, as `client.models.retrieve` reads it."""
+    key, catalog = check_access(request, model), registry(request)
+    cards = {card.id: card for card in catalog.model_cards()}
+    if model not in cards:
+        raise UnknownModelError(model, visible_models(key, catalog))
+    return cards[model].model_dump(mode="json")
 
 
 class Health(BaseModel):

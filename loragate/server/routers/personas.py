@@ -10,10 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from loragate.adapters.persona import PERSONA_NAME
-from loragate.server.auth import require_admin_key, require_api_key
+from loragate.server.auth import request_key, require_admin_key, require_api_key
 from loragate.server.errors import NotFoundError
 from loragate.server.openapi import Responses, errors
 from loragate.server.state import registry
+from loragate.server.tenancy import check_access, may_use
 from loragate.wire import PersonaInfo
 
 # Reading needs the API key (if any); changing needs the admin key (or, without one, the API key).
@@ -61,12 +62,18 @@ class UnloadLoraAdapterBody(BaseModel):
 
 @router.get("/v1/personas", dependencies=read, responses=NAMED)
 async def list_personas(request: Request) -> dict[str, Any]:
-    data = [p.info().model_dump(mode="json") for p in registry(request).personas()]
+    key, catalog = request_key(request), registry(request)
+    data = [
+        p.info().model_dump(mode="json")
+        for p in catalog.personas()
+        if may_use(key, catalog, p.name)
+    ]
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/personas/{name}", dependencies=read, responses=NAMED)
+@router.get("/v1/personas/{name}", dependencies=read, responses=errors(401, 403, 404))
 async def get_persona(name: Name, request: Request) -> dict[str, Any]:
+    check_access(request, name)
     return registry(request).get(name).info().model_dump(mode="json")
 
 

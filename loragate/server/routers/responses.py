@@ -93,6 +93,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         request,
         body.model,
         stream=body.stream,
+        reserve_tokens=chat.token_budget() or 0,
         prepare=lambda target: prepare_chat(
             engine, target, chat, state.model_defaults, state.tool_parser
         ),

@@ -19,7 +19,7 @@ from loragate.server.state import app_state
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-@router.post("/tokenize", responses=errors(400, 401, 404))
+@router.post("/tokenize", responses=errors(400, 401, 403, 404))
 async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     state = app_state(request)
     engine = state.engine
@@ -58,7 +58,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     return result
 
 
-@router.post("/detokenize", responses=errors(400, 401, 404))
+@router.post("/detokenize", responses=errors(400, 401, 403, 404))
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, str]:
     state = app_state(request)
     engine = state.engine
