@@ -6,13 +6,18 @@ openai-python's response types, SSE, and the same uvicorn setup as `loragate ser
 is loragate's FakeEngine, replying a fixed number of tokens at once.
 
     python -m benchmarks.instant_server --tokenizer MODEL_DIR --port 8123 --reply-tokens 16
+
+Its --state-dir (default: a new temporary one) holds the keys a run defines (overhead.py makes
+a thousand of them, to measure what key checks and limits cost).
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, cast
 
 from loragate.adapters.registry import PersonaRegistry
@@ -57,13 +62,17 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True, help="the model directory")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--reply-tokens", type=int, default=16)
+    parser.add_argument("--state-dir", type=Path, help="default: a new temporary directory")
     args = parser.parse_args()
+    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="loragate-instant-"))
 
     from transformers import AutoTokenizer
 
     tokenizer = cast(ChatTokenizer, AutoTokenizer.from_pretrained(args.tokenizer))
     engine = InstantEngine(tokenizer, args.reply_tokens)
-    settings = ServerSettings.model_construct(port=args.port, legacy_port=0, log_level="warning")
+    settings = ServerSettings.model_construct(
+        port=args.port, legacy_port=0, log_level="warning", state_dir=state_dir
+    )
     # `loragate.serve.run_server`, with this state factory instead of vLLM's.
     configure_logging(settings.log_level)
     serve_app(create_app(settings, instant_state(engine, args.tokenizer)), settings)

@@ -55,7 +55,9 @@ def _serving_plot(
 def _overhead_plot(overhead: Sequence[OverheadResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    labels = [f"{'streamed' if o.stream else 'whole'}\nc={o.concurrency}" for o in overhead]
+    labels = [
+        f"{'streamed' if o.stream else 'whole'}\nc={o.concurrency}\n{o.keys} keys" for o in overhead
+    ]
     fig, (rps, lat) = plt.subplots(1, 2, figsize=(9, 3.6))
     rps.bar(labels, [o.requests_per_s for o in overhead], color="tab:blue")
     rps.axhline(500, color="tab:red", linestyle="--", label="target (whole): 500")

@@ -88,14 +88,14 @@ def _cold_table(cold: list[ColdStart]) -> list[str]:
 
 def _overhead_table(overhead: list[OverheadResult]) -> list[str]:
     lines = [
-        "| response | concurrency | requests | errors | requests/s "
+        "| keys defined | response | concurrency | requests | errors | requests/s "
         "| latency p50 ms | p90 ms | p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for o in overhead:
         kind = "streamed" if o.stream else "whole"
         lines.append(
-            f"| {kind} | {o.concurrency} | {o.requests} | {o.errors} "
+            f"| {o.keys} | {kind} | {o.concurrency} | {o.requests} | {o.errors} "
             f"| {o.requests_per_s:.0f} | {o.latency_p50_ms:.2f} "
             f"| {o.latency_p90_ms:.2f} | {o.latency_p99_ms:.2f} |"
         )

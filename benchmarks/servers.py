@@ -108,11 +108,14 @@ def tutorial_spec(model_dir: Path) -> ServerSpec:
     return ServerSpec(TUTORIAL, argv, port, "/openapi.json")
 
 
-def instant_spec(model_dir: Path, reply_tokens: int, cpus: str | None) -> ServerSpec:
+def instant_spec(
+    model_dir: Path, reply_tokens: int, cpus: str | None, state_dir: Path | None = None
+) -> ServerSpec:
     port = free_port()
     argv = [
         sys.executable, "-m", "benchmarks.instant_server",
         "--tokenizer", str(model_dir), "--port", str(port), "--reply-tokens", str(reply_tokens),
+        *(["--state-dir", str(state_dir)] if state_dir is not None else []),
     ]  # fmt: skip
     return ServerSpec(INSTANT, argv, port, "/health", cpus=cpus)
 

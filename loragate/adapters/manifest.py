@@ -76,6 +76,9 @@ class PersonaManifest(BaseModel):
     # too) in place of the model's own, and `loragate train --chat-template` trained with it.
     chat_template: str | None = None
     tool_parser: str | None = None  # vLLM's tool parser for its `auto` calls
+    # Requests of this persona in flight at once, whatever their keys: one hot persona cannot
+    # take every engine slot. Beyond it a request waits (behind as many others), then gets 429.
+    max_parallel: int | None = Field(default=None, ge=1)
     training: dict[str, Any] = Field(default_factory=dict)
 
 

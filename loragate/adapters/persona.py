@@ -60,6 +60,7 @@ class Persona:
     size_bytes: int | None = None
     chat_template: str | None = None
     tool_parser: str | None = None
+    max_parallel: int | None = None
     warnings: tuple[str, ...] = ()
     state: PersonaState = "registered"
     error: str | None = None
@@ -117,6 +118,7 @@ class Persona:
             defaults=self.defaults,
             chat_template=self.chat_template,
             tool_parser=self.tool_parser,
+            max_parallel=self.max_parallel,
         )
 
     def check_out(self) -> None:
@@ -207,6 +209,7 @@ class PersonaReader:
             size_bytes=report.size_bytes,
             chat_template=self._template(bundle_dir, manifest.chat_template),
             tool_parser=_checked_parser(manifest.tool_parser),
+            max_parallel=manifest.max_parallel,
             warnings=tuple(warnings),
         )
 

@@ -48,6 +48,7 @@ class ModelTarget:
     defaults: SamplingDefaults = SamplingDefaults()
     chat_template: str | None = None  # the persona's own, in place of the model's
     tool_parser: str | None = None
+    max_parallel: int | None = None  # the persona's own cap, over all keys
 
 
 def base_model_card(name: str, root: str, max_model_len: int, created: int) -> Model:

@@ -221,7 +221,28 @@ def _describe(persona: PersonaInfo) -> str:
 
 
 def _message(exc: openai.APIError) -> str:
-    return error_message(exc.body) or exc.message
+    """The gateway's words; for a 429 or 503 (the SDK's retries spent), when to come back."""
+    import openai
+
+    message = error_message(exc.body) or exc.message
+    retry_after = None
+    if isinstance(exc, openai.APIStatusError):
+        retry_after = exc.response.headers.get("retry-after")
+    if retry_after and "retry" not in message.lower():
+        message += f" Retry in {retry_after} s."
+    return message
+
+
+def default_model(client: openai.OpenAI, known: list[str]) -> str:
+    """The base model; for a key that may not use it, its first persona."""
+    from loragate.clients.openai_client import served_base_model
+
+    try:
+        return served_base_model(client)
+    except LookupError:
+        if not known:
+            raise
+        return known[0]
 
 
 def model_names(client: openai.OpenAI) -> list[str]:
@@ -247,8 +268,6 @@ def run(chat: TerminalChat, read_line: Callable[[str], str] = input) -> int:
 def _main(args: argparse.Namespace) -> int:
     import openai
 
-    from loragate.clients.openai_client import served_base_model
-
     settings = settings_from_arguments(GatewaySettings, args)
     try:
         tools = load_tools(args.tools, args.tool_choice) if args.tools else None
@@ -261,7 +280,7 @@ def _main(args: argparse.Namespace) -> int:
     client = openai.OpenAI(base_url=settings.base_url, api_key=settings.key(), timeout=600)
     try:
         known = model_names(client)
-        model = args.persona or served_base_model(client)
+        model = args.persona or default_model(client, known)
     except openai.APIConnectionError:
         print(f"cannot reach a gateway at {settings.base_url}", file=sys.stderr)
         return 1

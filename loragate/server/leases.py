@@ -15,7 +15,7 @@ from loragate.adapters.targets import ModelTarget
 from loragate.server.request_record import UNKNOWN_MODEL, RequestRecord, current_record
 from loragate.server.state import app_state, registry
 from loragate.server.streaming import EventStreamResponse, sse_events, until_disconnect
-from loragate.server.tenancy import admit, check_access, visible_models
+from loragate.server.tenancy import admit, admit_to_persona, check_access, visible_models
 
 P = TypeVar("P")
 
@@ -33,6 +33,8 @@ async def open_lease(
         if counted:
             await admit(request, key, stack, reserve_tokens)
         target = await stack.enter_async_context(registry(request).lease(model))
+        if counted:
+            await admit_to_persona(request, target, stack)
     except UnknownModelError as exc:
         await stack.aclose()
         if record is not None:

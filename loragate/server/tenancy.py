@@ -8,11 +8,12 @@ from contextlib import AsyncExitStack
 from starlette.requests import Request
 
 from loragate.adapters.registry import PersonaRegistry
+from loragate.adapters.targets import ModelTarget
 from loragate.server.auth import request_key
 from loragate.server.request_record import current_record
 from loragate.server.state import app_state
 from loragate.tenants.errors import ModelNotAllowedError
-from loragate.tenants.keys import ApiKey
+from loragate.tenants.keys import ApiKey, Limits
 
 
 def visible_models(key: ApiKey, catalog: PersonaRegistry) -> list[str]:
@@ -36,10 +37,22 @@ def check_access(request: Request, model: str | None) -> ApiKey:
 async def admit(request: Request, key: ApiKey, stack: AsyncExitStack, reserve: int) -> None:
     """Within the key's limits, or RateLimitedError; the admission is settled when `stack`
     closes, with the tokens the request's record counted."""
-    limits = key.limits
+    await _admit(request, f"key {key.name}", key.limits, stack, reserve)
+
+
+async def admit_to_persona(request: Request, target: ModelTarget, stack: AsyncExitStack) -> None:
+    """Within the persona's own cap of requests in flight (persona.toml's max_parallel)."""
+    if target.max_parallel is not None:
+        limits = Limits(max_parallel=target.max_parallel)
+        await _admit(request, f"persona {target.name}", limits, stack, 0)
+
+
+async def _admit(
+    request: Request, subject: str, limits: Limits, stack: AsyncExitStack, reserve: int
+) -> None:
     if limits.rpm is None and limits.tpm is None and limits.max_parallel is None:
         return
-    admission = await app_state(request).limiter.admit(key.name, limits, reserve)
+    admission = await app_state(request).limiter.admit(subject, limits, reserve)
     record = current_record()
     if record is None:
         stack.callback(admission.settle, reserve)

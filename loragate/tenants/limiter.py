@@ -56,6 +56,7 @@ class _Subject:
 
     requests: deque[float] = field(default_factory=deque)
     spent: deque[_Spend] = field(default_factory=deque)
+    spent_total: int = 0  # the sum over `spent`, kept: a busy key's minute holds thousands
     reserved: int = 0  # tokens of requests in flight, not yet settled
     running: int = 0
     waiting: int = 0
@@ -65,10 +66,14 @@ class _Subject:
         while self.requests and self.requests[0] <= moment:
             self.requests.popleft()
         while self.spent and self.spent[0].at <= moment:
-            self.spent.popleft()
+            self.spent_total -= self.spent.popleft().tokens
+
+    def spend(self, at: float, tokens: int) -> None:
+        self.spent.append(_Spend(at, tokens))
+        self.spent_total += tokens
 
     def tokens_used(self) -> int:
-        return self.reserved + sum(s.tokens for s in self.spent)
+        return self.reserved + self.spent_total
 
 
 @dataclass
@@ -86,7 +91,7 @@ class _Admitted:
         self.subject.reserved -= self.reserved
         self.subject.running -= 1
         if tokens > 0:
-            self.subject.spent.append(_Spend(self.clock(), tokens))
+            self.subject.spend(self.clock(), tokens)
         self.subject.slot_freed.set()
 
 
@@ -142,7 +147,7 @@ class InProcessLimiter:
         wait = max(wait, 0.001)
         headers = self._headers(state, limits, self._clock())
         raise RateLimitedError(
-            f"Rate limit reached for '{subject}' on {limit}. Retry after {math.ceil(wait)} s.",
+            f"Rate limit reached for {subject} on {limit}. Retry after {math.ceil(wait)} s.",
             retry_after=wait,
             headers=headers,
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.loadgen import LevelRun, RequestRecord
-from benchmarks.overhead import OverheadResult, parse_wrk, wrk_script
+from benchmarks.overhead import OverheadResult, define_keys, parse_wrk, wrk_script
 from benchmarks.plan import BASE, FULL, MIX8, PERSONA, QUICK
 from benchmarks.plots import write_plots
 from benchmarks.report import BenchResults, markdown, write
@@ -17,6 +17,8 @@ from benchmarks.runner import stages
 from benchmarks.servers import LORAGATE, TUTORIAL, VLLM
 from benchmarks.stats import ColdStart, LevelResult, percentile, summarise
 from benchmarks.targets import evaluate
+from loragate.tenants.key_store import KeyStore
+from loragate.tenants.keys import digest
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -145,3 +147,34 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     assert "| loragate | 16 | 10 | 0 | 90 | 1.00 | 1600.0 | 1.00 x |" in text
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["levels"][0]["server"] == LORAGATE and len(saved["targets"]) == len(results.checks)
+
+
+def test_the_overhead_targets_are_checked_with_keys_defined_too() -> None:
+    overhead = [
+        OverheadResult(False, 1, 1000, 0, 900.0, 1.5, 2.0, 3.0),
+        OverheadResult(False, 1, 1000, 0, 450.0, 2.2, 3.0, 4.0, keys=1000),
+    ]
+    checks = {c.target: c.passed for c in evaluate([], [], overhead, (1,)) if "instant" in c.target}
+    assert checks == {
+        "instant engine: >= 500 non-streamed requests/s": True,
+        "instant engine: <= 2 ms added latency p50, non-streamed, concurrency 1": True,
+        "instant engine, 1000 keys defined: >= 500 non-streamed requests/s": False,
+        "instant engine, 1000 keys defined: <= 2 ms added latency p50, non-streamed, "
+        "concurrency 1": False,
+    }
+
+
+def test_a_wrk_script_with_a_key_sends_it() -> None:
+    script = wrk_script({"model": "m"}, key="lg-secret")
+    assert 'wrk.headers["Authorization"] = "Bearer lg-secret"' in script
+
+
+def test_keys_for_the_overhead_run_are_stored_with_limits(tmp_path: Path) -> None:
+    secret = define_keys(tmp_path, 5)
+    store = KeyStore(tmp_path)
+    try:
+        keys = store.keys()
+    finally:
+        store.close()
+    assert len(keys) == 5 and digest(secret) in keys
+    assert all(key.limits.rpm for key in keys.values())

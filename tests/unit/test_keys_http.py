@@ -3,8 +3,11 @@ limits with OpenAI's headers, the key API, usage, and secrets kept out of every 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +18,14 @@ import pytest
 from fastapi.testclient import TestClient
 from openai.types.chat import ChatCompletionMessageParam
 
+from loragate.adapters.manifest import read_bundle, write_manifest
 from loragate.cli import main as loragate_main
+from loragate.clients.chat import TerminalChat, default_model, model_names
+from loragate.engine.fake import Hold
 from loragate.tenants.key_store import KeyStore
 from loragate.tenants.keys import ApiKey, Limits, digest
 from tests.unit import personas_support
+from tests.unit.conftest import wait_for
 from tests.unit.personas_support import BASE, CountingEngine, start, write_bundle
 
 ADMIN = "the-admin-secret"
@@ -267,3 +274,61 @@ def test_a_keys_file_defines_keys_and_wins_over_a_stored_one(tmp_path: Path, roo
             sdk(client, stored_secret).models.list()
         listed = client.get("/v1/keys", headers=ADMIN_HEADERS).json()["data"]
         assert [k["source"] for k in listed if k["name"] == "shared"] == ["file"]
+
+
+def test_a_personas_own_cap_holds_for_all_keys_together(tmp_path: Path, root: Path) -> None:
+    bundle = write_bundle(root / "hot")
+    manifest = read_bundle(bundle).manifest
+    write_manifest(bundle, manifest.model_copy(update={"max_parallel": 1}))
+    engine = CountingEngine(load_delay=0)
+    first_hold = Hold()
+    engine.enqueue(["a", first_hold, "b"])
+    with start(tmp_path, engine, root, admin_key=ADMIN) as client:
+        put = client.put("/v1/personas/hot", json={"path": str(bundle)}, headers=ADMIN_HEADERS)
+        assert put.status_code == 201, put.text
+        keys = [make_key(client, name) for name in ("one", "two", "three")]
+        replies: dict[str, Any] = {}
+
+        def chat(key: str) -> None:
+            replies[key] = client.post(
+                "/v1/chat/completions",
+                json={"model": "hot", "messages": USER},
+                headers=bearer(key),
+            )
+
+        running = threading.Thread(target=chat, args=(keys[0],))
+        running.start()
+        wait_for(lambda: len(engine.requests) == 1)
+        queued = threading.Thread(target=chat, args=(keys[1],))
+        queued.start()
+        time.sleep(0.2)
+        assert len(engine.requests) == 1  # the second waits for the persona's one slot
+        chat(keys[2])  # a third finds the queue full: come back later
+        assert replies[keys[2]].status_code == 429
+        assert "persona hot" in replies[keys[2]].json()["error"]["message"]
+        # The base model is not the persona: it answers meanwhile.
+        base = client.post("/v1/chat/completions", json={"model": BASE, "messages": USER},
+                           headers=bearer(keys[2]))  # fmt: skip
+        assert base.status_code == 200
+        assert client.portal is not None
+        client.portal.call(first_hold.released.set)
+        running.join(10)
+        queued.join(10)
+        assert [replies[k].status_code for k in keys[:2]] == [200, 200]
+        assert replies[keys[0]].json()["choices"][0]["message"]["content"] == "ab"
+
+
+def test_the_terminal_chat_offers_the_keys_models_and_says_when_to_retry(
+    gateway: TestClient,
+) -> None:
+    client = sdk(gateway, make_key(gateway, "terminal", personas=["beta"], base_model=False, rpm=1))
+    known = model_names(client)
+    assert known == ["beta"]
+    out = io.StringIO()
+    chat = TerminalChat(client, default_model(client, known), out=out)
+    chat.handle("hello")
+    chat.handle("again")
+    printed = out.getvalue()
+    assert "beta> Hello world" in printed
+    assert "[error] Rate limit reached for key terminal on requests per minute (1)." in printed
+    assert "Retry after" in printed

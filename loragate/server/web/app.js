@@ -23,7 +23,9 @@ const state = {
 };
 
 class ApiError extends Error {
-  constructor(message, code, status) { super(message); this.code = code; this.status = status; }
+  constructor(message, code, status, retryAfter = null) {
+    super(message); this.code = code; this.status = status; this.retryAfter = retryAfter;
+  }
 }
 
 // ---- talking to the gateway ------------------------------------------------------------------
@@ -43,7 +45,10 @@ async function failure(response) {
     const body = await response.json();
     if (body && body.error) { message = body.error.message || message; code = body.error.code; }
   } catch { /* not JSON: keep the status line */ }
-  return new ApiError(message, code, response.status);
+  // A 429 (the key's limits, or a full queue) and a 503 (a restart) say when to come back.
+  const retryAfter = Number(response.headers.get("Retry-After")) || null;
+  if (retryAfter && !/retry/i.test(message)) message += ` Retry in ${retryAfter} s.`;
+  return new ApiError(message, code, response.status, retryAfter);
 }
 
 async function getJson(path) {
