@@ -117,8 +117,8 @@ def _definition(args: argparse.Namespace) -> KeyDefinition | str:
         "admin": args.admin,
         "expires": args.expires,
     }
-    try:
-        return KeyDefinition.model_validate(fields)
+    try:  # as JSON, as the HTTP API reads it: --expires is an ISO 8601 date or time
+        return KeyDefinition.model_validate_json(json.dumps(fields))
     except ValidationError as exc:
         problem = first_problem(exc.errors())
         flag = (problem.dotted() or "").split(".")[0].replace("_", "-")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 KeySource = Literal["store", "file", "flag", "open"]
 SECRET_PREFIX = "lg-"
@@ -86,22 +86,33 @@ def digest(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _not_a_number(value: object) -> object:
+    # pydantic takes a number for a date (unix time); the schema, and a reader, say a date.
+    if isinstance(value, int | float):
+        raise ValueError("expires is an ISO 8601 date or date-time, not a number")
+    return value
+
+
+Limit = Annotated[int, Field(ge=1, strict=True)]
+Flag = Annotated[bool, Field(strict=True)]  # `0` is not `false`
+
+
 class KeyDefinition(BaseModel):
     """A key as `keys create`, POST /v1/keys and the keys file define it."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="1-64 of [A-Za-z0-9._-]")]
-    personas: list[Annotated[str, Field(min_length=1)]] = Field(
+    personas: list[Annotated[str, Field(min_length=1, strict=True)]] = Field(
         default=list(EVERY_PERSONA), description="Globs of the persona names it may use."
     )
-    base_model: bool = Field(default=True, description="Whether it may use the base model.")
-    rpm: Annotated[int, Field(ge=1)] | None = None
-    tpm: Annotated[int, Field(ge=1)] | None = None
-    max_parallel: Annotated[int, Field(ge=1)] | None = None
-    admin: bool = False
-    expires: datetime.datetime | datetime.date | None = Field(
-        default=None, description="When it stops working (a date is its midnight, UTC)."
+    base_model: Flag = Field(default=True, description="Whether it may use the base model.")
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+    max_parallel: Limit | None = None
+    admin: Flag = False
+    expires: Annotated[datetime.datetime | datetime.date | None, BeforeValidator(_not_a_number)] = (
+        Field(default=None, description="When it stops working (a date is its midnight, UTC).")
     )
 
     def key(self, source: KeySource = "store") -> ApiKey:

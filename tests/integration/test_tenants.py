@@ -42,12 +42,23 @@ class Tenants:
     secrets: dict[str, str] = field(default_factory=dict)
     usage: dict[str, list[int]] = field(default_factory=dict)  # key: [prompt, completion]
     rpm_refused_at: float = 0.0
+    clients: dict[tuple[str, int], openai.OpenAI] = field(default_factory=dict)
 
     def sdk(self, key: str, retries: int = 0) -> openai.OpenAI:
-        secret = self.secrets[key]
-        return openai.OpenAI(
-            base_url=self.gateway.base_url, api_key=secret, max_retries=retries, timeout=300
-        )
+        """One client per key and retry count, closed with the module (no socket left open)."""
+        if (key, retries) not in self.clients:
+            self.clients[key, retries] = openai.OpenAI(
+                base_url=self.gateway.base_url,
+                api_key=self.secrets[key],
+                max_retries=retries,
+                timeout=300,
+            )
+        return self.clients[key, retries]
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        self.stack.close()
 
     def make_key(self, name: str, **definition: Any) -> openai.OpenAI:
         response = httpx.post(
@@ -90,7 +101,9 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
     ]  # fmt: skip
     with ExitStack() as stack:
         gateway = stack.enter_context(running_gateway(root / "gateway.log", args))
-        yield Tenants(gateway, args, state_dir, stack)
+        tenants = Tenants(gateway, args, state_dir, stack)
+        yield tenants
+        tenants.close()
 
 
 def test_a_key_restricted_to_a_persona_lists_and_uses_only_it(tenants: Tenants) -> None:
