@@ -15,7 +15,7 @@ from loragate.adapters.targets import ModelTarget
 from loragate.server.request_record import UNKNOWN_MODEL, RequestRecord, current_record
 from loragate.server.state import app_state, registry
 from loragate.server.streaming import EventStreamResponse, sse_events, until_disconnect
-from loragate.server.tenancy import admit, admit_to_persona, check_access, visible_models
+from loragate.server.tenancy import admit, admit_to_persona, check_access, may_use
 
 P = TypeVar("P")
 
@@ -39,8 +39,10 @@ async def open_lease(
         await stack.aclose()
         if record is not None:
             record.served(UNKNOWN_MODEL, None)
-        # Only the models this key may use: the others are none of its business.
-        raise UnknownModelError(model or "", visible_models(key, registry(request))) from exc
+        # Only the models this key may use (and a version hint): the others are not its business.
+        catalog = registry(request)
+        visible = [n for n in exc.valid if may_use(key, catalog, n.partition("@")[0])]
+        raise UnknownModelError(model or "", visible) from exc
     except Exception:
         await stack.aclose()
         if record is not None:  # a persona that exists but cannot be served now

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,9 @@ import openai
 import pytest
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from playwright.sync_api import sync_playwright
 
+from tests.integration.browser_support import CHROMIUM, CHROMIUM_ARGS
 from tests.integration.client_support import make_bundle
 from tests.integration.conftest import BASE_MODEL
 from tests.integration.gateway import Gateway, running_gateway
@@ -209,6 +211,34 @@ def test_a_revoked_key_gets_401_at_once(tenants: Tenants) -> None:
     assert "revoked" in refused.value.message
 
 
+@pytest.mark.browser
+def test_the_web_page_offers_only_the_keys_personas_and_says_when_to_retry(
+    tenants: Tenants,
+) -> None:
+    tenants.make_key("web", personas=["beta"], base_model=False, rpm=1)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = chromium.new_page()
+            page.goto(tenants.gateway.url)
+            page.wait_for_selector("body[data-ready=error]")  # no key yet: the settings open
+            page.fill("#api-key", tenants.secrets["web"])
+            page.dispatch_event("#api-key", "change")
+            page.wait_for_selector("body[data-ready=true]")
+            assert page.locator("#persona option").all_text_contents() == ["beta: tenant beta"]
+            page.fill("#prompt", "Hello")
+            page.press("#prompt", "Enter")
+            finished = ".msg.assistant[data-state=done], .msg.assistant[data-state=length]"
+            page.wait_for_selector(finished, timeout=180_000)
+            page.fill("#prompt", "Again")
+            page.press("#prompt", "Enter")
+            page.wait_for_selector(".note.error", timeout=60_000)
+            error = page.locator(".note.error").last.text_content() or ""
+            assert "requests per minute (1)" in error and "Retry after" in error
+        finally:
+            chromium.close()
+
+
 def test_the_sdk_retries_an_rpm_refusal_by_itself_once_the_window_passes(
     tenants: Tenants,
 ) -> None:
@@ -224,9 +254,10 @@ def test_the_sdk_retries_an_rpm_refusal_by_itself_once_the_window_passes(
 def test_usage_adds_up_to_the_responses_and_survives_a_restart(tenants: Tenants) -> None:
     # A row is written once the response's last byte is sent, a moment after the client has it.
     deadline = time.monotonic() + 10
-    while _by_key(before := _usage(tenants.gateway)) != tenants.usage:
-        assert time.monotonic() < deadline, (_by_key(before), tenants.usage)
+    while _by_key(before := _usage(tenants.gateway), tenants.usage) != tenants.usage:
+        assert time.monotonic() < deadline, (_by_key(before, tenants.usage), tenants.usage)
         time.sleep(0.2)
+    assert any(row["key"] == "web" and row["completion_tokens"] for row in before)
     tenants.stack.close()  # SIGTERM: a clean shutdown writes every row
     log = tenants.state_dir.parent / "gateway-restarted.log"
     with running_gateway(log, tenants.args) as restarted:
@@ -249,9 +280,12 @@ def _usage(gateway: Gateway) -> list[dict[str, Any]]:
     return rows
 
 
-def _by_key(rows: list[dict[str, Any]]) -> dict[str, list[int]]:
+def _by_key(rows: list[dict[str, Any]], keys: Container[str]) -> dict[str, list[int]]:
+    """Tokens by key, of `keys` (those whose replies the test counted)."""
     totals: dict[str, list[int]] = {}
     for row in rows:
+        if row["key"] not in keys:
+            continue
         spent = totals.setdefault(row["key"], [0, 0])
         spent[0] += row["prompt_tokens"]
         spent[1] += row["completion_tokens"]

@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
+from tests.integration.browser_support import CHROMIUM, CHROMIUM_ARGS
 from tests.integration.client_support import (
     delete_persona,
     make_bundle,
@@ -29,15 +30,6 @@ from tests.integration.gateway import Gateway
 pytestmark = pytest.mark.browser
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PERSONA = "web-muse"
 DESCRIPTION = "A persona of the browser test"
 REPLY_TIMEOUT_MS = 180_000
