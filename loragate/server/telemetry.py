@@ -18,6 +18,7 @@ from loragate.server.request_record import (
 )
 from loragate.server.state import AppState
 from loragate.server.tracing import RequestTracer
+from loragate.tenants.keyring import ANONYMOUS
 from loragate.tenants.usage import UsageRow
 
 access_logger = logging.getLogger("loragate.access")
@@ -119,6 +120,7 @@ def access_fields(record: RequestRecord) -> dict[str, object]:
         "latency_s": round(record.elapsed_s(), 6),
         "ttft_s": None if ttft is None else round(ttft, 6),
         "body_bytes": record.body_bytes,
+        "key": record.key_name,  # the API key's name, never its secret
     }
 
 
@@ -128,4 +130,6 @@ def _access_line(record: RequestRecord) -> str:
         at = f"@{record.version}" if record.version else ""
         tokens = f"{record.prompt_tokens}+{record.completion_tokens}"
         line += f" model={record.model}{at} tokens={tokens}"
+    if record.key_name is not None and record.key_name != ANONYMOUS:
+        line += f" key={record.key_name}"
     return line + (" (client left)" if record.disconnected else "")

@@ -251,6 +251,7 @@ def test_secrets_appear_in_no_log_metric_or_database(
     metrics = gateway.get("/metrics", headers=ADMIN_HEADERS).text
     gateway.get("/v1/usage", headers=ADMIN_HEADERS)  # the rows written
     stored = b"".join(path.read_bytes() for path in (tmp_path / "state").iterdir())
+    assert "model=alpha@1 tokens=20+2 key=quiet" in caplog.text  # who, by name
     for secret in (key, ADMIN):
         assert secret not in caplog.text and secret not in metrics
         assert secret.encode() not in stored
