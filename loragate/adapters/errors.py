@@ -8,15 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from loragate.adapters.untrusted import excerpt
+from loragate.domain_errors import DomainError
 
 
-class PersonaError(Exception):
+class PersonaError(DomainError):
     """Any refusal of the persona layer; `param` names the request field it concerns."""
-
-    def __init__(self, message: str, *, param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 class InvalidPersonaNameError(PersonaError):

@@ -26,13 +26,13 @@ from loragate.adapters.errors import (
     AdapterValidationError,
     InvalidPersonaNameError,
     PathNotAllowedError,
-    PersonaError,
     PersonaExistsError,
     PersonaNotFoundError,
     PersonaStoreError,
     PersonaUnavailableError,
     UnknownModelError,
 )
+from loragate.domain_errors import DomainError
 from loragate.engine.protocol import (
     EngineDeadError,
     EngineOverloadedError,
@@ -46,7 +46,6 @@ from loragate.tenants.errors import (
     KeyStoreError,
     ModelNotAllowedError,
     RateLimitedError,
-    TenantError,
 )
 from loragate.tenants.keyring import UnauthenticatedError
 from loragate.validation_errors import first_problem
@@ -180,7 +179,7 @@ def as_gateway_error(exc: BaseException) -> GatewayError | None:
     if shape is None:
         return None
     error = GatewayError(
-        shape.prefix + (exc.message if isinstance(exc, PersonaError | TenantError) else str(exc)),
+        shape.prefix + (exc.message if isinstance(exc, DomainError) else str(exc)),
         param=getattr(exc, "param", None),
     )
     error.status, error.type, error.code = shape.status, shape.type, shape.code

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from loragate.domain_errors import DomainError
 
-class TenantError(Exception):
-    def __init__(self, message: str, *, param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
+
+class TenantError(DomainError):
+    """Any refusal of the tenant layer (keys, limits, usage)."""
 
 
 class KeyStoreError(TenantError):
