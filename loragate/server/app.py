@@ -73,6 +73,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with state_factory(settings) as state:
             app.state.loragate = state
+            state.keyring.refresh()  # read now: a bad --keys-file stops the start, not requests
             if tracer is not None:
                 state.catalog.report_to(tracer)
             logger.info("serving %s (tool parser %s)", state.catalog.base_name, state.tool_parser)

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from loragate.adapters.registry import PersonaRegistry
 from loragate.adapters.targets import ModelTarget
+from loragate.adapters.untrusted import excerpt
 from loragate.server.auth import request_key
 from loragate.server.request_record import current_record
 from loragate.server.state import app_state
@@ -30,7 +31,9 @@ def check_access(request: Request, model: str | None) -> ApiKey:
     key = request_key(request)
     catalog = app_state(request).catalog
     if not may_use(key, catalog, model or catalog.base_name):
-        raise ModelNotAllowedError(model or catalog.base_name, visible_models(key, catalog))
+        # The name as the client sent it, cut as the 404 of an unknown model cuts it.
+        named = excerpt(model or catalog.base_name)
+        raise ModelNotAllowedError(named, visible_models(key, catalog))
     return key
 
 

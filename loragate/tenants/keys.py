@@ -93,7 +93,9 @@ def _not_a_number(value: object) -> object:
     return value
 
 
-Limit = Annotated[int, Field(ge=1, strict=True)]
+# SQLite's INTEGER holds 64 bits: a larger limit would fail the INSERT (OverflowError, a 500).
+SQLITE_INTEGER_MAX = 2**63 - 1
+Limit = Annotated[int, Field(ge=1, le=SQLITE_INTEGER_MAX, strict=True)]
 Flag = Annotated[bool, Field(strict=True)]  # `0` is not `false`
 
 

@@ -33,7 +33,7 @@ def read_keys_file(path: Path) -> dict[str, ApiKey]:
     """The file's keys by digest; InvalidKeyError names the file and the first problem."""
     try:
         tables = tomllib.loads(path.read_text()).get("key", [])
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, RecursionError) as exc:  # nested too deep
         raise InvalidKeyError(f"The keys file {path} cannot be read: {exc}") from exc
     if not isinstance(tables, list):
         raise InvalidKeyError(f"The keys file {path}: write each key as a [[key]] table.")

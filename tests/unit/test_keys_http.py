@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from loragate.adapters.manifest import read_bundle, write_manifest
 from loragate.cli import main as loragate_main
 from loragate.clients.chat import TerminalChat, default_model, model_names
 from loragate.engine.fake import Hold
+from loragate.tenants.errors import InvalidKeyError
 from loragate.tenants.key_store import KeyStore
 from loragate.tenants.keys import ApiKey, Limits, digest
 from tests.unit import personas_support
@@ -333,3 +335,30 @@ def test_the_terminal_chat_offers_the_keys_models_and_says_when_to_retry(
     assert "beta> Hello world" in printed
     assert "[error] Rate limit reached for key terminal on requests per minute (1)." in printed
     assert "Retry after" in printed
+
+
+def test_hostile_key_definitions_and_names_are_refused_with_a_400_or_403(
+    gateway: TestClient,
+) -> None:
+    huge = gateway.post("/v1/keys", json={"name": "big", "rpm": 2**70}, headers=ADMIN_HEADERS)
+    assert huge.status_code == 400 and huge.json()["error"]["param"] == "rpm"
+    client = sdk(gateway, make_key(gateway, "narrow", personas=["alpha"]))
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.chat.completions.create(model="b" * 100_000, messages=USER)
+    assert len(refused.value.message) < 1000 and "100000 characters" in refused.value.message
+
+
+def test_a_bad_keys_file_stops_the_start(tmp_path: Path, root: Path) -> None:
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text("x = " + "[" * 100_000 + "]" * 100_000)
+    with (
+        pytest.raises(InvalidKeyError, match=re.escape(str(keys_file))),
+        serving(tmp_path, root, keys_file=keys_file),
+    ):
+        pass
+    keys_file.write_text('[[key]]\nname = "a"\ndigest = "sha256:00"\n')
+    with (
+        pytest.raises(InvalidKeyError, match="key 1: "),
+        serving(tmp_path, root, keys_file=keys_file),
+    ):
+        pass
